@@ -1,0 +1,107 @@
+"""Where every artifact lives, and how it is written: atomically, so a failed or
+interrupted stage never leaves a half-written file that a later stage could read as good."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+SPLITS = ("train", "test")
+CELLS = ("lstm", "gru")
+
+PARAMS = Path("params.yaml")
+CORPUS_DIR = Path("data/corpus")
+TOKENS_DIR = Path("data/tokens")
+VOCAB = TOKENS_DIR / "vocab.json"
+PADDED_DIR = Path("data/padded")
+METRICS_DIR = Path("metrics")
+MODELS_DIR = Path("models")
+PLOTS_DIR = Path("plots")
+DVCLIVE_DIR = Path("dvclive")
+REPORT_DIR = Path("reports")
+
+
+def corpus_path(split: str) -> Path:
+    return CORPUS_DIR / f"{split}.parquet"
+
+
+def tokens_path(split: str) -> Path:
+    return TOKENS_DIR / f"{split}.npz"
+
+
+def padded_path(split: str) -> Path:
+    return PADDED_DIR / f"{split}.npz"
+
+
+def metrics_path(name: str) -> Path:
+    return METRICS_DIR / f"{name}.json"
+
+
+def model_path(cell: str) -> Path:
+    return MODELS_DIR / f"{cell}.keras"
+
+
+def history_path(cell: str) -> Path:
+    return PLOTS_DIR / cell / "history.csv"
+
+
+def predictions_path(cell: str) -> Path:
+    return PLOTS_DIR / cell / "predictions.csv"
+
+
+def dvclive_dir(cell: str) -> Path:
+    return DVCLIVE_DIR / cell
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def write_table(path: str | os.PathLike, frame: "pandas.DataFrame") -> None:  # noqa: F821
+    """Write a DataFrame as Parquet (`.parquet`) or CSV (anything else), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)

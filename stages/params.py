@@ -1,0 +1,263 @@
+"""Load params.yaml once and validate every key before any work starts.
+
+A bad value fails with one line naming the key, the value and what is allowed."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from stages.artifacts import PARAMS
+from stages.errors import UserError
+
+REMOVE_CHOICES = ("headers", "footers", "quotes")
+SIDE_CHOICES = ("pre", "post")
+CELL_CHOICES = ("lstm", "gru")
+GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
+KERAS2_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+
+
+class ParamError(UserError):
+    """A parameter that is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    archive: str
+    remove: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    num_words: int
+    lower: bool
+    filters: str
+
+
+@dataclass(frozen=True)
+class PadParams:
+    maxlen: int
+    padding: str
+    truncating: str
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    embedding_dim: int
+    units: int
+    dense_units: int
+    dropout: float
+    gru_reset_after: bool
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    validation_split: float
+    seed: int
+    clipnorm: float | None
+
+
+@dataclass(frozen=True)
+class GradientsParams:
+    cells: tuple[str, ...]
+    seq_lengths: tuple[int, ...]
+    samples: int
+    recurrent_scale: float
+
+
+@dataclass(frozen=True)
+class Params:
+    cell: str
+    data: DataParams
+    tokenize: TokenizeParams
+    pad: PadParams
+    model: ModelParams
+    train: TrainParams
+    gradients: GradientsParams
+
+
+# --- checks: each returns the clean value or raises ValueError(<what is allowed>) ---
+
+def _int(low: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"an integer >= {low}")
+        return value
+    return check
+
+
+def _float(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Callable[[Any], float]:
+    left, right = ("(" if low_open else "["), (")" if high_open else "]")
+    allowed = f"a number in {left}{low}, {high}{right}"
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(allowed)
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise ValueError(allowed)
+        return float(value)
+    return check
+
+
+def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def optional(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except ValueError as error:
+            raise ValueError(f"null or {error}") from None
+    return optional
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+    return check
+
+
+def _subset(choices: tuple[str, ...], *, nonempty: bool = False) -> Callable[[Any], tuple[str, ...]]:
+    allowed = ("a non-empty" if nonempty else "a") + " list of distinct items from " + ", ".join(choices)
+
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or any(item not in choices for item in value):
+            raise ValueError(allowed)
+        if len(set(value)) != len(value) or (nonempty and not value):
+            raise ValueError(allowed)
+        return tuple(value)
+    return check
+
+
+def _int_list(low: int) -> Callable[[Any], tuple[int, ...]]:
+    item = _int(low)
+
+    def check(value: Any) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"a non-empty list of integers >= {low}")
+        try:
+            return tuple(item(v) for v in value)
+        except ValueError:
+            raise ValueError(f"a non-empty list of integers >= {low}") from None
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _nonempty_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
+    "data": (DataParams, {"archive": _nonempty_str, "remove": _subset(REMOVE_CHOICES)}),
+    "tokenize": (TokenizeParams, {"num_words": _int(2), "lower": _bool, "filters": _str}),
+    "pad": (PadParams, {"maxlen": _int(1), "padding": _choice(SIDE_CHOICES), "truncating": _choice(SIDE_CHOICES)}),
+    "model": (ModelParams, {
+        "embedding_dim": _int(1), "units": _int(1), "dense_units": _int(1),
+        "dropout": _float(0.0, 1.0, high_open=True), "gru_reset_after": _bool,
+    }),
+    "train": (TrainParams, {
+        "epochs": _int(1), "batch_size": _int(1),
+        "learning_rate": _float(0.0, 10.0, low_open=True),
+        "validation_split": _float(0.0, 1.0, high_open=True),
+        "seed": _int(0),
+        "clipnorm": _optional(_float(0.0, math.inf, low_open=True, high_open=True)),
+    }),
+    "gradients": (GradientsParams, {
+        "cells": _subset(GRADIENT_CELL_CHOICES, nonempty=True), "seq_lengths": _int_list(2),
+        "samples": _int(1), "recurrent_scale": _float(0.0, 100.0, low_open=True),
+    }),
+}
+TOP_LEVEL = {"cell": _choice(CELL_CHOICES)}
+
+
+def _fail(path: Path, key: str, value: Any, allowed: str) -> ParamError:
+    shown = "missing" if value is _MISSING else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return ParamError(f"{path}: {key} = {shown}: must be {allowed}")
+
+
+_MISSING = object()
+
+
+def _section(path: Path, name: str, raw: Any, cls: type, checks: dict[str, Callable[[Any], Any]]) -> Any:
+    if not isinstance(raw, dict):
+        raise _fail(path, name, raw if raw is not None else _MISSING, "a mapping with keys " + ", ".join(checks))
+    for key in raw:
+        if key not in checks:
+            raise _fail(path, f"{name}.{key}", raw[key], "absent: unknown key (known: " + ", ".join(checks) + ")")
+    values = {}
+    for key, check in checks.items():
+        value = raw.get(key, _MISSING)
+        try:
+            if value is _MISSING:
+                raise ValueError(_allowed_hint(check))
+            values[key] = check(value)
+        except ValueError as error:
+            raise _fail(path, f"{name}.{key}", value, str(error)) from None
+    return cls(**values)
+
+
+def _allowed_hint(check: Callable[[Any], Any]) -> str:
+    """What a check allows, found by feeding it a value no check accepts."""
+    try:
+        check(object())
+    except ValueError as error:
+        return str(error)
+    return "set"
+
+
+def parse(raw: Any, path: Path = PARAMS) -> Params:
+    """Validate an already-loaded params mapping."""
+    if not isinstance(raw, dict):
+        raise ParamError(f"{path}: must be a YAML mapping of parameter sections")
+    known = set(SCHEMA) | set(TOP_LEVEL)
+    for key in raw:
+        if key not in known:
+            raise _fail(path, str(key), raw[key], "absent: unknown key (known: " + ", ".join(sorted(known)) + ")")
+    top = {}
+    for key, check in TOP_LEVEL.items():
+        value = raw.get(key, _MISSING)
+        try:
+            if value is _MISSING:
+                raise ValueError(_allowed_hint(check))
+            top[key] = check(value)
+        except ValueError as error:
+            raise _fail(path, key, value, str(error)) from None
+    sections = {name: _section(path, name, raw.get(name), cls, checks) for name, (cls, checks) in SCHEMA.items()}
+    return Params(**top, **sections)
+
+
+def load(path: str | Path = PARAMS) -> Params:
+    """Read and validate params.yaml; raises ParamError with a one-line message."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: not found (run from the project root)") from None
+    except yaml.YAMLError as error:
+        raise ParamError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    return parse(raw, path)
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    """A dataclass section as a plain dict (tuples become lists), for metrics and logs."""
+    return {f.name: (list(v) if isinstance(v := getattr(params, f.name), tuple) else v) for f in fields(params)}
