@@ -58,6 +58,15 @@ def dvclive_dir(cell: str) -> Path:
     return DVCLIVE_DIR / cell
 
 
+REPORT_METRICS = METRICS_DIR / "report.json"
+REPORT_MD = REPORT_DIR / "report.md"
+
+
+def report_figure_path(name: str) -> Path:
+    """A PNG beside reports/report.md (fixed names, so the report stage's outs do not depend on `cell`)."""
+    return REPORT_DIR / f"{name}.png"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
@@ -68,6 +77,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes the file owner-only; give it the permissions a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

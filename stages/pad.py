@@ -1,0 +1,71 @@
+"""Stage `pad`: cut or zero-pad every token sequence to `pad.maxlen` (Keras 2 `pad_sequences`),
+writing `data/padded/{split}.npz`. Reads only the token arrays and `pad.*`, so a new maxlen
+re-runs this stage and training, not tokenization."""
+from __future__ import annotations
+
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from stages import artifacts, params
+from stages.errors import UserError, exits_cleanly
+from stages.tokenizer import pad
+
+TOKEN_ARRAYS = ("ids", "offsets", "labels", "groups")
+
+
+def read_tokens(split: str) -> dict[str, np.ndarray]:
+    """The ragged token arrays of one split, checked to be consistent."""
+    path = artifacts.tokens_path(split)
+    try:
+        arrays = artifacts.read_npz(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the tokenize stage first)") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: not a readable npz file: {error}") from None
+    missing = [name for name in TOKEN_ARRAYS if name not in arrays]
+    if missing:
+        raise UserError(f"{path}: missing arrays {', '.join(missing)}")
+    ids, offsets, labels = arrays["ids"], arrays["offsets"], arrays["labels"]
+    if (offsets.ndim != 1 or len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids)
+            or np.any(np.diff(offsets) < 0)):
+        raise UserError(f"{path}: offsets do not match ids and labels (re-run the tokenize stage)")
+    return arrays
+
+
+def pad_metrics(offsets: np.ndarray, maxlen: int) -> dict[str, Any]:
+    """Shares of documents cut to maxlen, padded with zeros, and empty (all zeros)."""
+    lengths = np.diff(offsets)
+    documents = len(lengths)
+
+    def share(mask: np.ndarray) -> float:
+        return round(float(mask.sum()) / documents, 6) if documents else 0.0
+
+    return {
+        "documents": documents,
+        "truncated_share": share(lengths > maxlen),
+        "padded_share": share(lengths < maxlen),
+        "empty_share": share(lengths == 0),
+    }
+
+
+def pad_split(tokens: dict[str, np.ndarray], settings: params.PadParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The padded arrays of one split (x, y, groups) and its metrics."""
+    x = pad(tokens["ids"], tokens["offsets"], settings.maxlen, settings.padding, settings.truncating)
+    arrays = {"x": x, "y": tokens["labels"].astype(np.int32), "groups": tokens["groups"]}
+    return arrays, pad_metrics(tokens["offsets"], settings.maxlen)
+
+
+@exits_cleanly
+def main() -> None:
+    settings = params.load().pad
+    metrics: dict[str, Any] = params.as_dict(settings)
+    for split in artifacts.SPLITS:
+        arrays, metrics[split] = pad_split(read_tokens(split), settings)
+        artifacts.write_npz(artifacts.padded_path(split), **arrays)
+    artifacts.write_json(artifacts.metrics_path("pad"), metrics)
+
+
+if __name__ == "__main__":
+    main()

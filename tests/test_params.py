@@ -1,0 +1,101 @@
+"""params.yaml loading: the shipped file is valid, and each bad value fails in one line naming key, value, rule."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_shipped_params_are_the_lab_defaults():
+    p = params.load(ROOT / "params.yaml")
+    assert p.cell == "lstm"
+    assert p.data.remove == ()
+    assert p.tokenize.num_words == 20000 and p.tokenize.lower is True
+    assert p.tokenize.filters == params.KERAS2_FILTERS
+    assert (p.pad.maxlen, p.pad.padding, p.pad.truncating) == (100, "pre", "pre")
+    assert (p.model.embedding_dim, p.model.units, p.model.dense_units, p.model.dropout) == (128, 50, 50, 0.5)
+    assert (p.train.epochs, p.train.batch_size, p.train.validation_split, p.train.seed) == (2, 32, 0.1, 0)
+    assert p.train.learning_rate == 0.001 and p.train.clipnorm is None
+
+
+def _with(raw: dict, dotted: str, value) -> dict:
+    changed = copy.deepcopy(raw)
+    *parents, leaf = dotted.split(".")
+    node = changed
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return changed
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("pad.maxlen", 0, "an integer >= 1"),
+        ("pad.maxlen", 2.5, "an integer >= 1"),
+        ("pad.padding", "middle", "one of pre, post"),
+        ("pad.truncating", None, "one of pre, post"),
+        ("data.remove", ["headers", "sigs"], "headers, footers, quotes"),
+        ("data.remove", "headers", "a list of distinct items"),
+        ("cell", "rnn", "one of lstm, gru"),
+        ("model.dropout", -0.1, "a number in [0.0, 1.0)"),
+        ("model.dropout", 1.0, "a number in [0.0, 1.0)"),
+        ("train.validation_split", 1.5, "a number in [0.0, 1.0)"),
+        ("train.epochs", 0, "an integer >= 1"),
+        ("train.epochs", True, "an integer >= 1"),
+        ("train.learning_rate", 0, "a number in (0.0, 10.0]"),
+        ("train.clipnorm", -1, "null or a number in (0.0, inf)"),
+        ("model.gru_reset_after", "yes", "true or false"),
+        ("tokenize.num_words", 1, "an integer >= 2"),
+        ("gradients.cells", ["lstm", "transformer"], "simple_rnn, lstm, gru"),
+        ("gradients.seq_lengths", [], "a non-empty list of integers >= 2"),
+    ],
+)
+def test_bad_value_names_key_value_and_rule(raw, key, value, allowed):
+    with pytest.raises(params.ParamError) as caught:
+        params.parse(_with(raw, key, value))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{key} = " in message
+    assert allowed in message
+    shown = message.split(f"{key} = ", 1)[1]
+    assert shown.startswith(yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip())
+
+
+def test_missing_key_is_named(raw):
+    changed = copy.deepcopy(raw)
+    del changed["pad"]["maxlen"]
+    with pytest.raises(params.ParamError, match=r"pad\.maxlen = missing: must be an integer >= 1"):
+        params.parse(changed)
+
+
+def test_missing_section_is_named(raw):
+    changed = copy.deepcopy(raw)
+    del changed["train"]
+    with pytest.raises(params.ParamError, match=r"train = missing: must be a mapping with keys epochs"):
+        params.parse(changed)
+
+
+def test_unknown_key_is_refused(raw):
+    with pytest.raises(params.ParamError, match=r"pad\.maxln = 50: must be absent: unknown key"):
+        params.parse(_with(raw, "pad.maxln", 50))
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("pad: [unclosed\n")
+    with pytest.raises(params.ParamError, match="not valid YAML"):
+        params.load(bad)
+    with pytest.raises(params.ParamError, match="not found"):
+        params.load(tmp_path / "absent.yaml")
