@@ -1,0 +1,256 @@
+"""The report stage on fake-but-plausible train outputs: headline metrics, markdown, PNGs, errors."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import confusion_matrix, f1_score
+
+from stages import artifacts, report
+from stages.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+GROUPS = sorted([
+    "alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware", "comp.sys.mac.hardware",
+    "comp.windows.x", "misc.forsale", "rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey",
+    "sci.crypt", "sci.electronics", "sci.med", "sci.space", "soc.religion.christian", "talk.politics.guns",
+    "talk.politics.mideast", "talk.politics.misc", "talk.religion.misc",
+])
+FAKE_METRICS = {
+    "lstm": {"cell": "lstm", "params": 2_599_370, "epochs": 2, "seconds_per_epoch": 41.25,
+             "train_loss": 1.8123, "train_accuracy": 0.4231, "val_loss": 1.5012, "val_accuracy": 0.5187,
+             "test_loss": 1.6234, "test_accuracy": 0.4871, "test_macro_f1": 0.4712},
+    "gru": {"cell": "gru", "params": 2_590_570, "epochs": 2, "seconds_per_epoch": 37.75,
+            "train_loss": 1.7011, "train_accuracy": 0.4519, "val_loss": 1.4377, "val_accuracy": 0.5391,
+            "test_loss": 1.5566, "test_accuracy": 0.5123, "test_macro_f1": 0.4988},
+}
+
+
+def fake_history(metrics: dict) -> pd.DataFrame:
+    """Two epochs that end at the metrics' train/val figures; the first epoch is slower (graph building)."""
+    return pd.DataFrame({
+        "epoch": [1, 2],
+        "loss": [metrics["train_loss"] + 0.9, metrics["train_loss"]],
+        "accuracy": [metrics["train_accuracy"] - 0.25, metrics["train_accuracy"]],
+        "val_loss": [metrics["val_loss"] + 0.6, metrics["val_loss"]],
+        "val_accuracy": [metrics["val_accuracy"] - 0.2, metrics["val_accuracy"]],
+        "seconds": [metrics["seconds_per_epoch"] + 3.0, metrics["seconds_per_epoch"] - 3.0],
+    })
+
+
+def fake_predictions(seed: int, posts: int = 600, hit_rate: float = 0.55) -> pd.DataFrame:
+    """Test-split predictions: right with probability `hit_rate`, else a random (often neighbouring) group."""
+    rng = np.random.default_rng(seed)
+    actual = rng.integers(0, len(GROUPS), posts)
+    neighbour = np.clip(actual + rng.integers(-2, 3, posts), 0, len(GROUPS) - 1)
+    predicted = np.where(rng.random(posts) < hit_rate, actual, neighbour)
+    return pd.DataFrame({"actual": [GROUPS[i] for i in actual], "predicted": [GROUPS[i] for i in predicted]})
+
+
+def write_fake_run(root: Path, cell_in_params: str = "lstm") -> None:
+    """The train stages' outputs for both cells, plus params.yaml, under `root`."""
+    for seed, cell in enumerate(artifacts.CELLS):
+        artifacts.write_json(root / artifacts.metrics_path(cell), FAKE_METRICS[cell])
+        artifacts.write_table(root / artifacts.history_path(cell), fake_history(FAKE_METRICS[cell]))
+        artifacts.write_table(root / artifacts.predictions_path(cell), fake_predictions(seed))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    (root / "params.yaml").write_text(yaml.safe_dump({**raw, "cell": cell_in_params}), encoding="utf-8")
+
+
+@pytest.fixture(scope="module", params=artifacts.CELLS)
+def built(request, tmp_path_factory) -> tuple[str, Path]:
+    """A report written once per selected cell, shared by the read-only checks below."""
+    cell = request.param
+    root = tmp_path_factory.mktemp(f"report_{cell}")
+    write_fake_run(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        report.write_report(cell)
+    return cell, root
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch) -> Path:
+    write_fake_run(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def comparison_row(markdown: str, label: str) -> str:
+    """A row of the side-by-side table (the selection table above it has rows of the same names)."""
+    section = markdown.split("## LSTM and GRU side by side", 1)[1].split("\n## ", 1)[0]
+    return next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+
+
+def image_links(markdown: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+
+
+def test_report_json_holds_exactly_the_selected_cells_figures(built):
+    cell, root = built
+    written = json.loads((root / artifacts.REPORT_METRICS).read_text(encoding="utf-8"))
+    assert list(written) == ["cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"]
+    assert written == {key: FAKE_METRICS[cell][key] for key in written}
+    other = "gru" if cell == "lstm" else "lstm"
+    assert written["test_accuracy"] != FAKE_METRICS[other]["test_accuracy"]
+
+
+def test_markdown_shows_both_cells_and_the_lab_reference(built):
+    cell, root = built
+    markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    for metrics in FAKE_METRICS.values():
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                    "test_macro_f1"):
+            assert f"{metrics[key]:.4f}" in markdown, key
+        assert f"{metrics['params']:,}" in markdown
+        assert f"{metrics['seconds_per_epoch']:.1f}" in markdown
+    comparison = next(line for line in markdown.splitlines() if line.startswith("| ") and "Lab LSTM" in line)
+    assert comparison == f"|  | {'LSTM (selected)' if cell == 'lstm' else 'LSTM'} | " \
+                         f"{'GRU (selected)' if cell == 'gru' else 'GRU'} | Lab LSTM | Lab GRU |"
+    lstm, gru = FAKE_METRICS["lstm"], FAKE_METRICS["gru"]
+    assert comparison_row(markdown, "Validation accuracy") == \
+        f"| Validation accuracy | {lstm['val_accuracy']:.4f} | {gru['val_accuracy']:.4f} | 0.51 | 0.53 |"
+    assert comparison_row(markdown, "Parameters") == "| Parameters | 2,599,370 | 2,590,570 | 2,599,370 | 2,590,420 |"
+    assert comparison_row(markdown, "Seconds per epoch") == "| Seconds per epoch | 41.2 | 37.8 | ≈ 50 | ≈ 50 |"
+    assert comparison_row(markdown, "Test loss") == \
+        f"| Test loss | {lstm['test_loss']:.4f} | {gru['test_loss']:.4f} | — | — |"
+    assert f"## Selected cell: {cell.upper()}" in markdown
+    assert "≈ 50" in markdown
+
+
+def test_markdown_links_to_valid_pngs(built):
+    _, root = built
+    markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    links = image_links(markdown)
+    assert sorted(links) == sorted(p.name for p in (report.LEARNING_CURVES, report.SECONDS_PER_EPOCH,
+                                                     report.CONFUSION_MATRIX, report.PER_GROUP_F1))
+    for link in links:
+        assert not Path(link).is_absolute()
+        png = root / artifacts.REPORT_MD.parent / link
+        data = png.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, link
+        height, width = matplotlib.image.imread(png).shape[:2]
+        assert height >= 400 and width >= 500, (link, height, width)
+    height, width = matplotlib.image.imread(root / report.CONFUSION_MATRIX).shape[:2]
+    assert height >= 1000 and width >= 1000  # 20 x 20 with readable names and counts
+    assert not list((root / artifacts.REPORT_DIR).glob(".*tmp*")), "temp files left behind"
+
+
+def test_markdown_lists_per_group_scores_of_the_selected_cell(built):
+    cell, root = built
+    predictions = pd.read_csv(root / artifacts.predictions_path(cell))
+    markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    f1 = f1_score(predictions.actual, predictions.predicted, labels=GROUPS, average=None)
+    for group, score in zip(GROUPS, f1):
+        assert re.search(rf"^\| {re.escape(group)} \| [0-9.]+ \| [0-9.]+ \| {score:.4f} \| ", markdown, re.M), group
+
+
+def test_confusion_and_scores_equal_sklearn():
+    predictions = fake_predictions(seed=7)
+    actual, predicted = predictions.actual.tolist(), predictions.predicted.tolist()
+    labels = report.group_labels(actual, predicted)
+    assert labels == GROUPS
+    matrix = report.confusion(actual, predicted, labels)
+    assert matrix.shape == (20, 20)
+    np.testing.assert_array_equal(matrix, confusion_matrix(actual, predicted, labels=GROUPS))
+    counted = pd.crosstab(predictions.actual, predictions.predicted).reindex(index=GROUPS, columns=GROUPS, fill_value=0)
+    np.testing.assert_array_equal(matrix, counted.to_numpy())
+    scores = report.per_group_scores(actual, predicted, labels)
+    np.testing.assert_allclose(scores.f1, f1_score(actual, predicted, labels=GROUPS, average=None))
+    assert scores.f1.mean() == pytest.approx(f1_score(actual, predicted, average="macro"))
+    assert scores.support.tolist() == matrix.sum(axis=1).tolist()
+
+
+def test_top_confusions_are_the_largest_off_diagonal_counts():
+    matrix = np.array([[5, 3, 0], [1, 9, 3], [0, 4, 2]])
+    assert report.top_confusions(matrix, ["a", "b", "c"], count=3) == [("c", "b", 4), ("a", "b", 3), ("b", "c", 3)]
+
+
+def test_report_is_byte_for_byte_reproducible(run_dir):
+    report.write_report("gru")
+    first = {p: p.read_bytes() for p in [artifacts.REPORT_METRICS, *artifacts.REPORT_DIR.iterdir()]}
+    report.write_report("gru")
+    assert {p: p.read_bytes() for p in [artifacts.REPORT_METRICS, *artifacts.REPORT_DIR.iterdir()]} == first
+
+
+def test_run_without_validation_figures_shows_dashes(run_dir):
+    metrics = {**FAKE_METRICS["lstm"], "val_loss": None, "val_accuracy": None}
+    artifacts.write_json(artifacts.metrics_path("lstm"), metrics)
+    artifacts.write_table(artifacts.history_path("lstm"), fake_history(FAKE_METRICS["lstm"])[["epoch", "loss", "accuracy"]])
+    report.write_report("lstm")
+    assert artifacts.read_json(artifacts.REPORT_METRICS)["val_accuracy"] is None
+    markdown = artifacts.REPORT_MD.read_text(encoding="utf-8")
+    assert comparison_row(markdown, "Validation accuracy") == "| Validation accuracy | — | 0.5391 | 0.51 | 0.53 |"
+
+
+@pytest.mark.parametrize("missing, stage", [
+    (artifacts.history_path("gru"), "train_gru"),
+    (artifacts.metrics_path("lstm"), "train_lstm"),
+    (artifacts.predictions_path("gru"), "train_gru"),
+])
+def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
+    missing.unlink()
+    with pytest.raises(UserError) as error:
+        report.write_report("gru")
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(missing) in message and f"dvc repro {stage}" in message
+    assert not artifacts.REPORT_METRICS.exists()
+
+
+def test_missing_predictions_of_the_other_cell_is_fine(run_dir):
+    artifacts.predictions_path("gru").unlink()
+    report.write_report("lstm")
+    assert artifacts.read_json(artifacts.REPORT_METRICS)["cell"] == "lstm"
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not readable JSON"),
+    (json.dumps({k: v for k, v in FAKE_METRICS["gru"].items() if k != "test_macro_f1"}), "missing keys test_macro_f1"),
+    (json.dumps({**FAKE_METRICS["gru"], "test_accuracy": "high"}), "test_accuracy = 'high' is not a number"),
+    (json.dumps({**FAKE_METRICS["gru"], "cell": "lstm"}), "expected 'gru'"),
+])
+def test_corrupt_metrics_is_a_one_line_user_error(run_dir, content, expected):
+    artifacts.metrics_path("gru").write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(expected)) as error:
+        report.write_report("lstm")
+    assert "\n" not in str(error.value) and "dvc repro train_gru" in str(error.value)
+
+
+def test_predictions_without_a_column_is_a_user_error(run_dir):
+    artifacts.write_table(artifacts.predictions_path("lstm"), pd.DataFrame({"actual": GROUPS}))
+    with pytest.raises(UserError, match="missing columns predicted"):
+        report.write_report("lstm")
+
+
+def _run_main(cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stages.report"], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_main_reads_cell_from_params_and_exits_2_on_missing_input(tmp_path):
+    write_fake_run(tmp_path, cell_in_params="gru")
+    done = _run_main(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / artifacts.REPORT_METRICS).read_text())["cell"] == "gru"
+    (tmp_path / artifacts.metrics_path("lstm")).unlink()
+    failed = _run_main(tmp_path)
+    assert failed.returncode == 2
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("error: missing metrics/lstm.json")
+
+
+def test_importing_the_stage_does_not_import_tensorflow():
+    code = "import stages.report, sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
