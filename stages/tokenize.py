@@ -53,7 +53,7 @@ def split_metrics(ids: np.ndarray, offsets: np.ndarray, raw_lengths: np.ndarray)
         "oov_share": round(1.0 - len(ids) / raw_tokens, 6) if raw_tokens else 0.0,
         "empty_documents": int((lengths == 0).sum()),
         "median_length": float(np.median(lengths)) if len(lengths) else 0.0,
-        "p90_length": float(np.percentile(lengths, 90)) if len(lengths) else 0.0,
+        "p90_length": round(float(np.percentile(lengths, 90)), 3) if len(lengths) else 0.0,
     }
 
 

@@ -1,0 +1,277 @@
+"""Train one classifier and evaluate it on the test split: `python -m stages.train lstm|gru`.
+
+Per-epoch logs go to dvclive/{cell}/ while training runs; models/{cell}.keras,
+metrics/{cell}.json and plots/{cell}/{history,predictions}.csv are written only after
+training and evaluation both succeed. TensorFlow is imported only once the cell argument,
+params.yaml and the padded arrays have been checked, so a mistake fails in a second."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from stages import artifacts
+from stages.errors import UserError, exits_cleanly
+from stages.params import CELL_CHOICES, Params, TrainParams, load
+
+if TYPE_CHECKING:  # annotations only; these import TensorFlow
+    import keras
+    import pandas as pd
+
+# Before any TensorFlow import below: keep its C++ info logs out of `dvc repro` output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+DIGITS = 6  # metrics are float32 underneath: more digits would only be noise
+SECONDS_DIGITS = 3
+
+
+@dataclass(frozen=True)
+class Split:
+    """One padded split: token ids (n, maxlen), labels (n,), group names (index = label)."""
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    model: "keras.Model"
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    predictions: "pd.DataFrame"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a UserError: one line, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def parse_cell(argv: Sequence[str] | None = None) -> str:
+    """The cell named on the command line, checked against params.CELL_CHOICES."""
+    parser = _OneLineParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
+    parser.add_argument("cell", help="the recurrent cell to train: " + " or ".join(CELL_CHOICES))
+    cell = parser.parse_args(argv).cell
+    if cell not in CELL_CHOICES:
+        raise UserError(f"unknown cell {cell!r}: must be one of {', '.join(CELL_CHOICES)}")
+    return cell
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+def _read_padded(split: str) -> dict[str, np.ndarray]:
+    path = artifacts.padded_path(split)
+    try:
+        arrays = artifacts.read_npz(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the pad stage first: dvc repro pad)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: not a readable .npz file ({error})") from None
+    missing = [key for key in ("x", "y", "groups") if key not in arrays]
+    if missing:
+        raise UserError(f"{path}: missing arrays {', '.join(missing)} (rerun the pad stage)")
+    return arrays
+
+
+def load_padded(split: str, num_words: int, maxlen: int) -> Split:
+    """Read data/padded/{split}.npz and check it fits the model about to be built."""
+    path = artifacts.padded_path(split)
+    arrays = _read_padded(split)
+    x, y, groups = arrays["x"], arrays["y"], arrays["groups"]
+    if x.ndim != 2 or x.shape[1] != maxlen or not np.issubdtype(x.dtype, np.integer):
+        raise UserError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected integer (n, {maxlen}) "
+                        "as pad.maxlen says (rerun the pad stage)")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{path}: y has shape {y.shape}, expected one integer label per row of x ({len(x)})")
+    if groups.ndim != 1 or groups.size < 2 or groups.dtype.kind != "U":
+        raise UserError(f"{path}: groups must be a list of at least two group names")
+    if len(x) == 0:
+        raise UserError(f"{path}: no documents")
+    # An id >= num_words would silently read a random embedding row on GPU and crash on CPU.
+    if x.min() < 0 or x.max() >= num_words:
+        raise UserError(f"{path}: token ids span [{x.min()}, {x.max()}], outside [0, {num_words}) "
+                        "from tokenize.num_words (rerun tokenize and pad)")
+    if y.min() < 0 or y.max() >= len(groups):
+        raise UserError(f"{path}: labels span [{y.min()}, {y.max()}], outside the {len(groups)} groups")
+    return Split(x=x.astype(np.int32, copy=False), y=y.astype(np.int32, copy=False), groups=groups)
+
+
+def load_inputs(params: Params) -> tuple[Split, Split]:
+    """The train and test splits, checked against each other and against params."""
+    train, test = (load_padded(split, params.tokenize.num_words, params.pad.maxlen) for split in artifacts.SPLITS)
+    if not np.array_equal(train.groups, test.groups):
+        raise UserError("data/padded: train and test list different groups (rerun the pad stage)")
+    check_validation_split(len(train.x), params.train.validation_split)
+    return train, test
+
+
+def check_validation_split(n_train: int, validation_split: float) -> None:
+    """Fail early where Keras would fail after building the model: an empty train or val part."""
+    if validation_split == 0:
+        return
+    split_at = math.floor(n_train * (1.0 - validation_split))
+    if split_at in (0, n_train):
+        raise UserError(f"params.yaml: train.validation_split = {validation_split} leaves an empty "
+                        f"training or validation part of {n_train} training documents")
+
+
+# --- training -------------------------------------------------------------------------
+
+def compile_model(model: "keras.Model", train_params: TrainParams) -> None:
+    """Adam + cross-entropy + accuracy. Sparse cross-entropy on integer labels is the same
+    math as categorical cross-entropy on one-hot labels, without the one-hot copy."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate=train_params.learning_rate, clipnorm=train_params.clipnorm)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def epoch_timer() -> "keras.callbacks.Callback":
+    """A callback that adds `seconds` (wall time of the epoch, validation included) to the epoch logs.
+
+    Keras hands one logs dict to every callback in list order, so a timer placed first makes
+    `seconds` visible to the callbacks after it: DVCLive logs it at the same step (before its
+    own on_epoch_end advances the step), History records it, and verbose=2 prints it."""
+    import keras
+
+    started: dict[int, float] = {}
+
+    def begin(epoch: int, logs: dict | None = None) -> None:
+        started[epoch] = time.perf_counter()
+
+    def end(epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - started.pop(epoch)
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
+
+
+def history_rows(history: dict[str, list[float]]) -> list[dict[str, Any]]:
+    """Keras's History dict as one row per epoch (1-based); val_* are None without validation."""
+    def value(key: str, epoch: int, digits: int = DIGITS) -> float | None:
+        values = history.get(key)
+        return None if values is None else round(float(values[epoch]), digits)
+
+    return [
+        {"epoch": epoch + 1, "loss": value("loss", epoch), "accuracy": value("accuracy", epoch),
+         "val_loss": value("val_loss", epoch), "val_accuracy": value("val_accuracy", epoch),
+         "seconds": value("seconds", epoch, SECONDS_DIGITS)}
+        for epoch in range(len(history["loss"]))
+    ]
+
+
+def fit(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
+        callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
+    """Fit a compiled model and return one row per epoch (HISTORY_COLUMNS).
+
+    Keras's validation_split holds out the last fraction of x, taken before shuffling."""
+    history = model.fit(
+        x, y,
+        epochs=train_params.epochs,
+        batch_size=train_params.batch_size,
+        validation_split=train_params.validation_split,
+        shuffle=True,
+        verbose=2,
+        callbacks=[epoch_timer(), *callbacks],
+    )
+    return history_rows(history.history)
+
+
+def dvclive_callbacks(cell: str) -> list["keras.callbacks.Callback"]:
+    """DVCLive's Keras callback writing to dvclive/{cell}/, with no dvc.yaml, experiment or report."""
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    live = Live(dir=str(artifacts.dvclive_dir(cell)), dvcyaml=False, save_dvc_exp=False, report=None)
+    return [DVCLiveCallback(live=live)]
+
+
+# --- evaluation -----------------------------------------------------------------------
+
+def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[str, float], "pd.DataFrame"]:
+    """Test loss, accuracy and macro-F1 from one prediction pass, and the predictions by group name.
+
+    The loss is Keras's sparse cross-entropy on the predicted probabilities: what
+    model.evaluate would report, without a second pass over the test set."""
+    import keras
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    probabilities = model.predict(test.x, batch_size=batch_size, verbose=0)
+    losses = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(test.y, probabilities))
+    predicted = probabilities.argmax(axis=1)
+    scores = {
+        "test_loss": float(np.mean(losses)),
+        "test_accuracy": float(np.mean(predicted == test.y)),
+        "test_macro_f1": float(f1_score(test.y, predicted, average="macro", zero_division=0)),
+    }
+    predictions = pd.DataFrame({"actual": test.groups[test.y], "predicted": test.groups[predicted]})
+    return scores, predictions
+
+
+def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores: dict[str, float]) -> dict[str, Any]:
+    """The flat metrics/{cell}.json record: the last epoch's train/val figures and the test scores."""
+    last = history[-1]
+    seconds = [row["seconds"] for row in history]
+    return {
+        "cell": cell,
+        "params": int(param_count),
+        "epochs": len(history),
+        "seconds_per_epoch": round(float(np.mean(seconds)), SECONDS_DIGITS),
+        "train_loss": last["loss"],
+        "train_accuracy": last["accuracy"],
+        "val_loss": last["val_loss"],
+        "val_accuracy": last["val_accuracy"],
+        **{key: round(value, DIGITS) for key, value in scores.items()},
+    }
+
+
+def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> TrainingResult:
+    """Seed, build, compile, fit and evaluate one classifier; writes only dvclive/{cell}/."""
+    from stages.model import build_model, seed_everything
+
+    seed_everything(params.train.seed)
+    model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
+    compile_model(model, params.train)
+    history = fit(model, train.x, train.y, params.train, dvclive_callbacks(cell))
+    scores, predictions = evaluate(model, test, params.train.batch_size)
+    metrics = summarize(cell, model.count_params(), history, scores)
+    return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions)
+
+
+# --- outputs --------------------------------------------------------------------------
+
+def write_outputs(cell: str, result: TrainingResult) -> None:
+    """Write the model, plots and metrics, each atomically; metrics last, as the sign of a complete run."""
+    import pandas as pd
+
+    with artifacts.atomic_path(artifacts.model_path(cell)) as tmp:
+        result.model.save(tmp)  # the temporary name ends in .keras, which Keras requires
+    artifacts.write_table(artifacts.history_path(cell), pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS)))
+    artifacts.write_table(artifacts.predictions_path(cell), result.predictions)
+    artifacts.write_json(artifacts.metrics_path(cell), result.metrics)
+
+
+@exits_cleanly
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the train_lstm / train_gru stages."""
+    cell = parse_cell(argv)
+    params = load()
+    train, test = load_inputs(params)
+    result = train_and_evaluate(cell, params, train, test)
+    write_outputs(cell, result)
+    m = result.metrics
+    print(f"{cell}: {m['params']:,} params, {m['seconds_per_epoch']} s/epoch, val_accuracy {m['val_accuracy']}, "
+          f"test_accuracy {m['test_accuracy']}, test_macro_f1 {m['test_macro_f1']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The training stage on tiny random data: outputs, determinism, early one-line failures, atomicity."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from stages import artifacts, train
+from stages.errors import UserError
+from stages.model import expected_param_count
+from stages.params import load
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = np.array(["alt.atheism", "comp.graphics", "sci.space"])
+NUM_WORDS, MAXLEN, N_TRAIN, N_TEST = 50, 10, 60, 24
+METRIC_KEYS = ["cell", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+               "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"]
+
+
+def write_params(directory: Path, **overrides: dict) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["tokenize"]["num_words"] = NUM_WORDS
+    raw["pad"]["maxlen"] = MAXLEN
+    raw["model"].update(embedding_dim=8, units=4, dense_units=6)
+    raw["train"].update(epochs=1, batch_size=16)
+    for section, values in overrides.items():
+        raw[section].update(values)
+    (directory / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+
+def write_padded(directory: Path, n_train: int = N_TRAIN, top_id: int = NUM_WORDS) -> None:
+    rng = np.random.default_rng(7)
+    for split, n in (("train", n_train), ("test", N_TEST)):
+        artifacts.write_npz(directory / artifacts.padded_path(split),
+                            x=rng.integers(0, top_id, size=(n, MAXLEN)).astype(np.int32),
+                            y=rng.integers(0, len(GROUPS), size=n).astype(np.int32), groups=GROUPS)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_params(tmp_path)
+    write_padded(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def outputs(cell: str) -> list[Path]:
+    return [artifacts.model_path(cell), artifacts.metrics_path(cell),
+            artifacts.history_path(cell), artifacts.predictions_path(cell)]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_main_writes_checked_outputs(project: Path, cell: str) -> None:
+    import keras
+
+    train.main([cell])
+    params = load()
+
+    metrics = artifacts.read_json(artifacts.metrics_path(cell))
+    assert list(metrics) == METRIC_KEYS
+    assert metrics["cell"] == cell and metrics["epochs"] == 1
+    assert metrics["params"] == expected_param_count(cell, NUM_WORDS, params.model, len(GROUPS))
+    assert metrics["seconds_per_epoch"] > 0
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    for key in ("train_loss", "val_loss", "test_loss"):
+        # three classes, barely trained: close to ln 3
+        assert 0.5 < metrics[key] < 2.0, key
+
+    history = pd.read_csv(artifacts.history_path(cell))
+    assert list(history.columns) == list(train.HISTORY_COLUMNS)
+    assert history["epoch"].tolist() == [1]
+    assert history["val_accuracy"].iloc[-1] == pytest.approx(metrics["val_accuracy"])
+    assert history["seconds"].iloc[-1] == pytest.approx(metrics["seconds_per_epoch"])
+
+    predictions = pd.read_csv(artifacts.predictions_path(cell))
+    assert list(predictions.columns) == ["actual", "predicted"] and len(predictions) == N_TEST
+    assert set(predictions["actual"]) | set(predictions["predicted"]) <= set(GROUPS)
+    test = artifacts.read_npz(artifacts.padded_path("test"))
+    assert predictions["actual"].tolist() == GROUPS[test["y"]].tolist()
+    assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+
+    model = keras.models.load_model(artifacts.model_path(cell))
+    reloaded = GROUPS[model.predict(test["x"], verbose=0).argmax(axis=1)]
+    assert reloaded.tolist() == predictions["predicted"].tolist()
+
+    # DVCLive logged every epoch, seconds included, at the same steps as the loss
+    live = artifacts.dvclive_dir(cell) / "plots" / "metrics"
+    seconds = pd.read_csv(live / "train" / "seconds.tsv", sep="\t")
+    loss = pd.read_csv(live / "train" / "loss.tsv", sep="\t")
+    assert seconds["step"].tolist() == loss["step"].tolist() == [0]
+    assert (live / "eval" / "accuracy.tsv").exists()
+    assert not list(project.glob("**/.*.tmp*")), "temporary files left behind"
+
+
+def test_same_params_give_identical_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = []
+    for name in ("first", "second"):
+        directory = tmp_path / name
+        directory.mkdir()
+        write_params(directory, train={"epochs": 2})
+        write_padded(directory)
+        monkeypatch.chdir(directory)
+        train.main(["gru"])
+        metrics = artifacts.read_json(artifacts.metrics_path("gru"))
+        history = pd.read_csv(artifacts.history_path("gru")).drop(columns="seconds")
+        runs.append((metrics, history, artifacts.predictions_path("gru").read_text()))
+    (first, first_history, first_predictions), (second, second_history, second_predictions) = runs
+    first.pop("seconds_per_epoch"), second.pop("seconds_per_epoch")  # wall time is the one thing allowed to differ
+    assert first == second
+    pd.testing.assert_frame_equal(first_history, second_history)
+    assert first_predictions == second_predictions
+
+
+def test_failure_after_training_leaves_no_outputs(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_evaluate(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(train, "evaluate", broken_evaluate)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        train.main(["lstm"])
+    assert not any(path.exists() for path in outputs("lstm"))
+    assert not (project / "models").exists() and not (project / "metrics").exists()
+
+
+def test_failure_while_saving_leaves_no_model(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_write_table(path, frame):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifacts, "write_table", broken_write_table)
+    with pytest.raises(OSError, match="disk full"):
+        train.main(["lstm"])
+    # the model was renamed into place, but metrics (written last) never appeared
+    assert not artifacts.metrics_path("lstm").exists()
+    assert not list((project / "models").glob(".*")), "temporary model file left behind"
+
+
+def run_stage(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    code = ("import sys\nfrom stages import train\n"
+            "try:\n    train.main(sys.argv[1:])\n"
+            "finally:\n    print('tensorflow' in sys.modules, file=sys.stdout)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_bad_cell_fails_in_one_line_before_tensorflow(project: Path) -> None:
+    result = run_stage("rnn", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: unknown cell 'rnn': must be one of lstm, gru"]
+    assert result.stdout.strip() == "False"
+
+
+def test_module_entry_point_refuses_bad_cell(project: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "stages.train", "rnn"], cwd=project, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: unknown cell 'rnn'")
+
+
+def test_bad_params_fail_in_one_line_before_tensorflow(project: Path) -> None:
+    write_params(project, train={"batch_size": 0})
+    result = run_stage("lstm", cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: params.yaml: train.batch_size = 0: must be an integer >= 1"]
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [[], ["lstm", "gru"]])
+def test_bad_command_line_is_a_user_error(argv: list[str]) -> None:
+    with pytest.raises(UserError, match="python -m stages.train"):
+        train.parse_cell(argv)
+
+
+def test_missing_padded_arrays(project: Path) -> None:
+    artifacts.padded_path("test").unlink()
+    with pytest.raises(UserError, match=r"data/padded/test.npz: not found"):
+        train.load_inputs(load())
+
+
+def test_token_ids_beyond_num_words(project: Path) -> None:
+    write_padded(project, top_id=NUM_WORDS + 5)
+    with pytest.raises(UserError, match="tokenize.num_words"):
+        train.load_inputs(load())
+
+
+def test_maxlen_mismatch(project: Path) -> None:
+    write_params(project, pad={"maxlen": MAXLEN + 1})
+    with pytest.raises(UserError, match="pad.maxlen"):
+        train.load_inputs(load())
+
+
+def test_validation_split_leaving_nothing_to_train(project: Path) -> None:
+    write_padded(project, n_train=3)
+    write_params(project, train={"validation_split": 0.5})
+    train.load_inputs(load())  # floor(3 * 0.5) = 1 to train on, 2 to validate: fine
+    write_params(project, train={"validation_split": 0.7})
+    with pytest.raises(UserError, match="validation_split = 0.7"):
+        train.load_inputs(load())  # floor(3 * 0.3) = 0 to train on
+
+
+def test_history_rows_without_validation() -> None:
+    rows = train.history_rows({"loss": [1.23456789, 0.5], "accuracy": [0.25, 0.5], "seconds": [2.34567, 1.0]})
+    assert rows == [
+        {"epoch": 1, "loss": 1.234568, "accuracy": 0.25, "val_loss": None, "val_accuracy": None, "seconds": 2.346},
+        {"epoch": 2, "loss": 0.5, "accuracy": 0.5, "val_loss": None, "val_accuracy": None, "seconds": 1.0},
+    ]
+
+
+def test_summarize_takes_the_last_epoch_and_mean_seconds() -> None:
+    rows = train.history_rows({"loss": [2.0, 1.0], "accuracy": [0.1, 0.2], "val_loss": [2.5, 1.5],
+                               "val_accuracy": [0.3, 0.4], "seconds": [10.0, 20.0]})
+    scores = {"test_loss": 1.23456789, "test_accuracy": 0.5, "test_macro_f1": 0.4}
+    metrics = train.summarize("gru", 123, rows, scores)
+    assert list(metrics) == METRIC_KEYS
+    assert metrics == {"cell": "gru", "params": 123, "epochs": 2, "seconds_per_epoch": 15.0, "train_loss": 1.0,
+                       "train_accuracy": 0.2, "val_loss": 1.5, "val_accuracy": 0.4, "test_loss": 1.234568,
+                       "test_accuracy": 0.5, "test_macro_f1": 0.4}
+    json.dumps(metrics, allow_nan=False)
