@@ -54,6 +54,8 @@ def pad_split(tokens: dict[str, np.ndarray], settings: params.PadParams) -> tupl
     """The padded arrays of one split (x, y, groups) and its metrics."""
     x = pad(tokens["ids"], tokens["offsets"], settings.maxlen, settings.padding, settings.truncating)
     arrays = {"x": x, "y": tokens["labels"].astype(np.int32), "groups": tokens["groups"]}
+    if "vocabulary_sha256" in tokens:  # tokenize's vocabulary fingerprint, on its way into the model
+        arrays["vocabulary_sha256"] = tokens["vocabulary_sha256"]
     return arrays, pad_metrics(tokens["offsets"], settings.maxlen)
 
 

@@ -76,9 +76,11 @@ def main() -> None:
         "vocabulary_size": len(vocabulary),
         "kept_words": vocabulary.kept_words(settings.num_words),
     }
+    # pad and train carry this fingerprint into the model, so predict can refuse another vocabulary.
+    fingerprint = np.array(vocabulary.sha256())
     for split, frame in frames.items():
         arrays, metrics[split] = tokenize_split(vocabulary, frame, settings.num_words, groups)
-        artifacts.write_npz(artifacts.tokens_path(split), **arrays)
+        artifacts.write_npz(artifacts.tokens_path(split), **arrays, vocabulary_sha256=fingerprint)
     artifacts.write_text(artifacts.VOCAB, vocabulary.to_json())
     artifacts.write_json(artifacts.metrics_path("tokenize"), metrics)
 

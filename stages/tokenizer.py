@@ -17,6 +17,7 @@ token ids of document i are `ids[offsets[i]:offsets[i + 1]]`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -118,6 +119,10 @@ class Vocabulary:
         )
         words = '  "words": [\n' + entries + "\n  ]" if entries else '  "words": []'
         return "{\n" + "\n".join(lines) + "\n" + words + "\n}\n"
+
+    def sha256(self) -> str:
+        """The sha256 of `to_json()`: the fingerprint a model records of the vocabulary that trained it."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
     @classmethod
     def from_json(cls, text: str, source: str = "vocabulary") -> Vocabulary:

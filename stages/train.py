@@ -38,6 +38,7 @@ class Split:
     x: np.ndarray
     y: np.ndarray
     groups: np.ndarray
+    vocabulary_sha256: str | None = None  # tokenize's fingerprint, carried by pad; None in older arrays
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainingResult:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     predictions: "pd.DataFrame"
+    vocabulary_sha256: str | None = None
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -101,7 +103,9 @@ def load_padded(split: str, num_words: int, maxlen: int) -> Split:
                         "from tokenize.num_words (rerun tokenize and pad)")
     if y.min() < 0 or y.max() >= len(groups):
         raise UserError(f"{path}: labels span [{y.min()}, {y.max()}], outside the {len(groups)} groups")
-    return Split(x=x.astype(np.int32, copy=False), y=y.astype(np.int32, copy=False), groups=groups)
+    fingerprint = str(arrays["vocabulary_sha256"]) if "vocabulary_sha256" in arrays else None
+    return Split(x=x.astype(np.int32, copy=False), y=y.astype(np.int32, copy=False), groups=groups,
+                 vocabulary_sha256=fingerprint)
 
 
 def load_inputs(params: Params) -> tuple[Split, Split]:
@@ -244,7 +248,8 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
     history = fit(model, train.x, train.y, params.train, dvclive_callbacks(cell))
     scores, predictions = evaluate(model, test, params.train.batch_size)
     metrics = summarize(cell, model.count_params(), history, scores)
-    return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions)
+    return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions,
+                          vocabulary_sha256=train.vocabulary_sha256)
 
 
 # --- outputs --------------------------------------------------------------------------
@@ -255,6 +260,8 @@ def write_outputs(cell: str, result: TrainingResult) -> None:
 
     with artifacts.atomic_path(artifacts.model_path(cell)) as tmp:
         result.model.save(tmp)  # the temporary name ends in .keras, which Keras requires
+        # for stages.predict: refuse to run this model on text encoded with another vocabulary
+        artifacts.stamp_model(tmp, {"vocabulary_sha256": result.vocabulary_sha256})
     artifacts.write_table(artifacts.history_path(cell), pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS)))
     artifacts.write_table(artifacts.predictions_path(cell), result.predictions)
     artifacts.write_json(artifacts.metrics_path(cell), result.metrics)
