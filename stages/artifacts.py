@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,6 +47,25 @@ def model_path(cell: str) -> Path:
     return MODELS_DIR / f"{cell}.keras"
 
 
+# Our own member inside a .keras file (a zip): Keras ignores members it does not know.
+MODEL_STAMP = "lstm_vs_gru.json"
+
+
+def stamp_model(path: str | os.PathLike, stamp: dict[str, Any]) -> None:
+    """Add a small JSON record to a saved .keras file, e.g. the fingerprint of the vocabulary it was trained with."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(MODEL_STAMP, json.dumps(stamp))
+
+
+def read_model_stamp(path: str | os.PathLike) -> dict[str, Any]:
+    """The record `stamp_model` added to a .keras file; {} for a model saved without one."""
+    with zipfile.ZipFile(path) as archive:
+        if MODEL_STAMP not in archive.namelist():
+            return {}
+        stamp = json.loads(archive.read(MODEL_STAMP))
+    return stamp if isinstance(stamp, dict) else {}
+
+
 def history_path(cell: str) -> Path:
     return PLOTS_DIR / cell / "history.csv"
 
@@ -65,6 +85,21 @@ REPORT_MD = REPORT_DIR / "report.md"
 def report_figure_path(name: str) -> Path:
     """A PNG beside reports/report.md (fixed names, so the report stage's outs do not depend on `cell`)."""
     return REPORT_DIR / f"{name}.png"
+
+
+GRADIENTS_DIR = PLOTS_DIR / "gradients"
+GRADIENT_CLIPPING = GRADIENTS_DIR / "clipping.csv"
+
+
+def gradient_curve_path(model: str, setting: str, length: int) -> Path:
+    """Gradient norm per time step of one model (simple_rnn, lstm, gru, simple_rnn_scaled),
+    setting (init, trained) and sequence length."""
+    return GRADIENTS_DIR / f"{model}_{setting}_{length}.csv"
+
+
+def gradient_figure_path(name: str) -> Path:
+    """A PNG written by the gradients stage (gradient_flow, exploding)."""
+    return GRADIENTS_DIR / f"{name}.png"
 
 
 @contextlib.contextmanager
