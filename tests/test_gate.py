@@ -296,7 +296,7 @@ def test_project_rules_cover_every_headline_metric():
     assert keys == {"metrics/lstm.json": CELL_KEYS, "metrics/gru.json": CELL_KEYS, "metrics/report.json": REPORT_KEYS}
     by_place = {(r.file, r.key): r for r in rules}
     for file in keys:
-        assert by_place[file, "test_accuracy"].min == 0.40
+        assert by_place[file, "test_accuracy"].min == 0.30  # far above chance (0.05)
         assert by_place[file, "seconds_per_epoch"].gate is False  # machines differ
     assert by_place["metrics/report.json", "cell"].better == "equal"
 
