@@ -20,7 +20,6 @@ from tests.small_archive import build_archive
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("stages", "dvc.yaml", "params.yaml", "gate.yaml", ".dvcignore")
 DATA_STAGES = ("fetch", "tokenize", "pad")
-ALL_STAGES = (*DATA_STAGES, "train_lstm", "train_gru", "report")
 # Small enough for minutes on 2 cores, large enough that the model learns the groups.
 SMALL_PARAMS = {
     "tokenize.num_words": 400,
@@ -32,6 +31,8 @@ SMALL_PARAMS = {
     "model.units": 16,
     "model.dense_units": 32,
     "model.dropout": 0.1,
+    "gradients.seq_lengths": [20, 40],
+    "gradients.samples": 8,
 }
 
 

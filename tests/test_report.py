@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,12 +58,68 @@ def fake_predictions(seed: int, posts: int = 600, hit_rate: float = 0.55) -> pd.
     return pd.DataFrame({"actual": [GROUPS[i] for i in actual], "predicted": [GROUPS[i] for i in predicted]})
 
 
+# log10(first/last) through the last state at L = 400, shaped like a real run: the trained plain RNN
+# forgets fastest, the trained LSTM least; untrained, the gated cells forget faster than the plain RNN.
+FAKE_LAST_STATE_LOG10 = {("simple_rnn", "init"): -3.93, ("simple_rnn", "trained"): -20.64,
+                         ("lstm", "init"): -29.56, ("lstm", "trained"): -4.81,
+                         ("gru", "init"): -35.5, ("gru", "trained"): -16.82}
+
+
+def fake_curve(log10_ratio: float | None, length: int, last: float = 0.5, nonfinite: int = 0) -> dict:
+    """A curve summary as the gradients stage writes it, for a geometric decay of `log10_ratio` over `length`."""
+    vanish = None
+    if log10_ratio is not None and log10_ratio < -3:
+        vanish = length - int(3 * (length - 1) / -log10_ratio)
+    return {"first_norm": None if log10_ratio is None else last * 10 ** log10_ratio, "last_norm": last,
+            "max_norm": last, "log10_first_to_last": log10_ratio, "vanish_step": vanish,
+            "nonfinite_steps": nonfinite, "zero_steps": 0}
+
+
+def fake_gradients() -> dict:
+    """metrics/gradients.json as the gradients stage writes it for the lab's sizes."""
+    curves: dict = {}
+    for (cell, setting), log10_400 in FAKE_LAST_STATE_LOG10.items():
+        for length in (100, 400):
+            log10 = log10_400 * (length - 1) / 399
+            curves.setdefault(cell, {}).setdefault(setting, {})[f"L{length}"] = {
+                "max_pool": fake_curve(0.4 if setting == "trained" else 0.05, length),
+                "last_state": fake_curve(round(log10, 4), length)}
+    curves["simple_rnn_scaled"] = {"init": {
+        "L100": {"max_pool": fake_curve(14.53, 100), "last_state": fake_curve(13.99, 100)},
+        "L400": {"max_pool": fake_curve(None, 400, nonfinite=56), "last_state": fake_curve(None, 400, nonfinite=97)}}}
+    run = {"median_grad_norm": 4.83e8, "max_grad_norm": 1.78e10, "median_clipped_grad_norm": 4.83e8,
+           "median_update_norm": 0.272, "max_update_norm": 0.364, "first_loss": 4.29, "last_loss": 3.136,
+           "clipped_steps": 0}
+    return {
+        "sizes": {"num_words": 20000, "embedding_dim": 128, "units": 50, "dense_units": 50, "n_classes": 20,
+                  "gru_reset_after": True},
+        "params": {"simple_rnn": {"model": 2_572_520, "recurrent": 8_950},
+                   "lstm": {"model": 2_599_370, "recurrent": 35_800}, "gru": {"model": 2_590_570, "recurrent": 27_000}},
+        "sample": {"documents": 64, "min_tokens": 400, "full_L100": 64, "full_L400": 64},
+        "vanish_fraction": 0.001, "recurrent_scale": 3.0, "curves": curves,
+        "simple_rnn_training": {"epoch": 2, "accuracy": 0.1088, "val_accuracy": 0.2200},
+        "clipping": {"steps": 100, "clipnorm": 1.0, "unclipped": run,
+                     "clipnorm_run": {**run, "median_clipped_grad_norm": 2.4, "median_update_norm": 0.138,
+                                      "last_loss": 3.1, "clipped_steps": 100}},
+    }
+
+
+def write_fake_png(path: Path) -> None:
+    figure = Figure(figsize=(8, 5))
+    figure.subplots().semilogy([1, 2, 3], [1e-3, 1e-2, 1.0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
+
+
 def write_fake_run(root: Path, cell_in_params: str = "lstm") -> None:
-    """The train stages' outputs for both cells, plus params.yaml, under `root`."""
+    """The train and gradients stages' outputs, plus params.yaml, under `root`."""
     for seed, cell in enumerate(artifacts.CELLS):
         artifacts.write_json(root / artifacts.metrics_path(cell), FAKE_METRICS[cell])
         artifacts.write_table(root / artifacts.history_path(cell), fake_history(FAKE_METRICS[cell]))
         artifacts.write_table(root / artifacts.predictions_path(cell), fake_predictions(seed))
+    artifacts.write_json(root / artifacts.metrics_path("gradients"), fake_gradients())
+    for name in ("gradient_flow", "exploding"):
+        write_fake_png(root / artifacts.gradient_figure_path(name))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     (root / "params.yaml").write_text(yaml.safe_dump({**raw, "cell": cell_in_params}), encoding="utf-8")
 
@@ -133,7 +190,8 @@ def test_markdown_links_to_valid_pngs(built):
     markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
     links = image_links(markdown)
     assert sorted(links) == sorted(p.name for p in (report.LEARNING_CURVES, report.SECONDS_PER_EPOCH,
-                                                     report.CONFUSION_MATRIX, report.PER_GROUP_F1))
+                                                     report.CONFUSION_MATRIX, report.PER_GROUP_F1,
+                                                     report.GRADIENT_FLOW, report.EXPLODING_GRADIENTS))
     for link in links:
         assert not Path(link).is_absolute()
         png = root / artifacts.REPORT_MD.parent / link
@@ -197,6 +255,8 @@ def test_run_without_validation_figures_shows_dashes(run_dir):
     (artifacts.history_path("gru"), "train_gru"),
     (artifacts.metrics_path("lstm"), "train_lstm"),
     (artifacts.predictions_path("gru"), "train_gru"),
+    (artifacts.metrics_path("gradients"), "gradients"),
+    (artifacts.gradient_figure_path("exploding"), "gradients"),
 ])
 def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
     missing.unlink()
@@ -254,3 +314,72 @@ def test_importing_the_stage_does_not_import_tensorflow():
     code = "import stages.report, sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# --- the gradients section ---
+
+def fake_runs() -> dict[str, report.CellRun]:
+    return {cell: report.CellRun(FAKE_METRICS[cell], fake_history(FAKE_METRICS[cell])) for cell in artifacts.CELLS}
+
+
+def test_gradients_section_copies_the_figures_and_shows_the_measured_numbers(built):
+    _, root = built
+    markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    section = markdown.split("## Vanishing and exploding gradients", 1)[1]
+    for name in ("gradient_flow", "exploding"):
+        copied = root / {"gradient_flow": report.GRADIENT_FLOW, "exploding": report.EXPLODING_GRADIENTS}[name]
+        assert copied.read_bytes() == (root / artifacts.gradient_figure_path(name)).read_bytes()
+    for row in ("| SimpleRNN | 128·50 + 50·50 + 50 | 8,950 | 8,950 | 2,572,520 | 2,572,520 | ✓ |",
+                "| LSTM | 4 × (128·50 + 50·50 + 50) | 35,800 | 35,800 | 2,599,370 | 2,599,370 | ✓ |",
+                "| GRU | 3 × (128·50 + 50·50 + 100) | 27,000 | 27,000 | 2,590,570 | 2,590,570 | ✓ |"):
+        assert row in section
+    assert "| SimpleRNN | trained | 400 | +0.40 | > 399 | −20.64 | 57 |" in section
+    assert "| LSTM | initial | 100 | +0.05 | > 99 | −7.33 | 40 |" in section
+    assert "SimpleRNN 10<sup>−20.6</sup> at L = 400 (×0.888 per step)" in section
+    assert "The plain RNN loses its gradient fastest" in section and "more than 57 steps back" in section
+    assert "The LSTM keeps the longest reach" in section
+    assert "Untrained, LSTM and GRU lose the gradient faster than the plain RNN" in section
+    assert "SimpleRNN −16.71 at L = 400, LSTM +24.75 at L = 400, GRU +18.68 at L = 400" in section
+    assert "L = 400: beyond float32 (97 steps overflowed)" in section
+    assert "100 of 100 steps were clipped" in section and "(clipping made them 2.0 times smaller)" in section
+    assert "validation accuracy of 0.2200 after 2 epochs (LSTM 0.5187, GRU 0.5391)" in section
+    for equation in ("c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t", "ĥ_t = tanh(W_h x_t + R_h (r_t ⊙ h_{t−1}) + b_h)",
+                     "ĥ_t = tanh(W_h x_t + b_h + r_t ⊙ (R_h h_{t−1} + b′_h))", "h_t = z_t ⊙ h_{t−1} + (1 − z_t) ⊙ ĥ_t"):
+        assert equation in section
+
+
+def test_gradients_section_follows_the_numbers_not_a_script():
+    gradients = fake_gradients()
+    # a run where the trained plain RNN keeps its gradient best and the trained LSTM loses it fastest
+    for length, scale in (("L100", 99 / 399), ("L400", 1.0)):
+        gradients["curves"]["simple_rnn"]["trained"][length]["last_state"]["log10_first_to_last"] = -1.0 * scale
+        gradients["curves"]["lstm"]["trained"][length]["last_state"]["log10_first_to_last"] = -30.0 * scale
+    gradients["params"]["gru"]["model"] = 2_590_420  # as if Keras counted a reset_after=False GRU
+    section = report.gradients_section(gradients, fake_runs())
+    assert "The plain RNN loses its gradient fastest" not in section
+    assert "In this run the fastest loss per step is the LSTM's, not the plain RNN's." in section
+    assert "The SimpleRNN keeps the longest reach" not in section  # the gate explanation is for gated cells only
+    assert "| GRU | 3 × (128·50 + 50·50 + 100) | 27,000 | 27,000 | 2,590,570 | 2,590,420 | ✗ differs |" in section
+
+    gradients["sizes"]["gru_reset_after"] = False
+    gradients["sample"]["full_L400"] = 10
+    section = report.gradients_section(gradients, fake_runs())
+    assert "| GRU | 3 × (128·50 + 50·50 + 50) | 26,850 |" in section
+    assert "the 64 longest training posts (10 of them at least 400 tokens long" in section
+
+
+def test_gradients_section_with_the_gated_cells_only():
+    gradients = fake_gradients()
+    del gradients["curves"]["simple_rnn"]
+    gradients["simple_rnn_training"] = {"epoch": None, "accuracy": None, "val_accuracy": None}
+    section = report.gradients_section(gradients, fake_runs())
+    assert "SimpleRNN 10<sup>" not in section and "plain RNN loses" not in section
+    assert "LSTM 10<sup>−4.8</sup> at L = 400" in section and "validation accuracy of" not in section
+
+
+def test_corrupt_gradients_metrics_is_a_one_line_user_error(run_dir):
+    artifacts.write_json(artifacts.metrics_path("gradients"), {k: v for k, v in fake_gradients().items()
+                                                              if k != "clipping"})
+    with pytest.raises(UserError, match=re.escape("missing keys clipping")) as error:
+        report.write_report("lstm")
+    assert "\n" not in str(error.value) and "dvc repro gradients" in str(error.value)
