@@ -8,9 +8,11 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from stages.errors import UserError
 
 SPLITS = ("train", "test")
 CELLS = ("lstm", "gru")
@@ -132,6 +134,41 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_stage_json(path: str | os.PathLike, required: Sequence[str], stage: str) -> dict[str, Any]:
+    """A JSON object written by `stage` with the `required` keys; anything else is one UserError
+    that names the file and the `dvc repro` target that writes it."""
+    rerun = f"run `dvc repro {stage}`"
+    try:
+        raw = read_json(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found ({rerun})") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: not readable JSON ({' '.join(str(error).split())}); {rerun}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a JSON object; {rerun}")
+    _require(path, "keys", [key for key in required if key not in raw], rerun)
+    return raw
+
+
+def read_stage_npz(path: str | os.PathLike, required: Sequence[str], stage: str) -> dict[str, np.ndarray]:
+    """An .npz file written by `stage` with the `required` arrays; anything else is one UserError
+    that names the file and the `dvc repro` target that writes it."""
+    rerun = f"run `dvc repro {stage}`"
+    try:
+        arrays = read_npz(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found ({rerun})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: not a readable .npz file ({error}); {rerun}") from None
+    _require(path, "arrays", [name for name in required if name not in arrays], rerun)
+    return arrays
+
+
+def _require(path: str | os.PathLike, what: str, missing: list[str], rerun: str) -> None:
+    if missing:
+        raise UserError(f"{path}: missing {what} {', '.join(missing)}; {rerun}")
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

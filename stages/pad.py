@@ -3,7 +3,6 @@ writing `data/padded/{split}.npz`. Reads only the token arrays and `pad.*`, so a
 re-runs this stage and training, not tokenization."""
 from __future__ import annotations
 
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -18,15 +17,7 @@ TOKEN_ARRAYS = ("ids", "offsets", "labels", "groups")
 def read_tokens(split: str) -> dict[str, np.ndarray]:
     """The ragged token arrays of one split, checked to be consistent."""
     path = artifacts.tokens_path(split)
-    try:
-        arrays = artifacts.read_npz(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the tokenize stage first)") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: not a readable npz file: {error}") from None
-    missing = [name for name in TOKEN_ARRAYS if name not in arrays]
-    if missing:
-        raise UserError(f"{path}: missing arrays {', '.join(missing)}")
+    arrays = artifacts.read_stage_npz(path, TOKEN_ARRAYS, "tokenize")
     ids, offsets, labels = arrays["ids"], arrays["offsets"], arrays["labels"]
     if (offsets.ndim != 1 or len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids)
             or np.any(np.diff(offsets) < 0)):

@@ -86,15 +86,7 @@ def _is_number(value: Any) -> bool:
 def read_metrics(path: Path, cell: str) -> dict[str, Any]:
     """A cell's metrics/{cell}.json, checked against the train stage's contract."""
     rerun = f"re-run `dvc repro {producer(cell)}`"
-    try:
-        raw = artifacts.read_json(path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not readable JSON ({' '.join(str(error).split())}): {rerun}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object: {rerun}")
-    absent = [key for key in METRIC_KEYS if key not in raw]
-    if absent:
-        raise UserError(f"{path}: missing keys {', '.join(absent)}: {rerun}")
+    raw = artifacts.read_stage_json(path, METRIC_KEYS, producer(cell))
     if raw["cell"] != cell:
         raise UserError(f"{path}: cell is {raw['cell']!r}, expected {cell!r}: {rerun}")
     for key in METRIC_KEYS[1:]:
@@ -407,15 +399,7 @@ def gradient_inputs() -> list[tuple[Path, str]]:
 def read_gradients(path: Path = GRADIENTS_METRICS) -> dict[str, Any]:
     """metrics/gradients.json, checked to have every section the report reads."""
     rerun = f"re-run `dvc repro {GRADIENTS_STAGE}`"
-    try:
-        raw = artifacts.read_json(path)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not readable JSON ({' '.join(str(error).split())}): {rerun}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a JSON object: {rerun}")
-    absent = [key for key in GRADIENT_KEYS if key not in raw]
-    if absent:
-        raise UserError(f"{path}: missing keys {', '.join(absent)}: {rerun}")
+    raw = artifacts.read_stage_json(path, GRADIENT_KEYS, GRADIENTS_STAGE)
     if not isinstance(raw["curves"], dict) or not any(cell in raw["curves"] for cell in GRADIENT_CELLS):
         raise UserError(f"{path}: no curves of {', '.join(GRADIENT_CELLS)}: {rerun}")
     return raw

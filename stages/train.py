@@ -10,7 +10,6 @@ import argparse
 import math
 import os
 import time
-import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -69,24 +68,10 @@ def parse_cell(argv: Sequence[str] | None = None) -> str:
 
 # --- inputs ---------------------------------------------------------------------------
 
-def _read_padded(split: str) -> dict[str, np.ndarray]:
-    path = artifacts.padded_path(split)
-    try:
-        arrays = artifacts.read_npz(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the pad stage first: dvc repro pad)") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: not a readable .npz file ({error})") from None
-    missing = [key for key in ("x", "y", "groups") if key not in arrays]
-    if missing:
-        raise UserError(f"{path}: missing arrays {', '.join(missing)} (rerun the pad stage)")
-    return arrays
-
-
 def load_padded(split: str, num_words: int, maxlen: int) -> Split:
     """Read data/padded/{split}.npz and check it fits the model about to be built."""
     path = artifacts.padded_path(split)
-    arrays = _read_padded(split)
+    arrays = artifacts.read_stage_npz(path, ("x", "y", "groups"), "pad")
     x, y, groups = arrays["x"], arrays["y"], arrays["groups"]
     if x.ndim != 2 or x.shape[1] != maxlen or not np.issubdtype(x.dtype, np.integer):
         raise UserError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected integer (n, {maxlen}) "

@@ -146,7 +146,7 @@ def test_pad_without_tokens_fails_cleanly(project, capsys):
     with pytest.raises(SystemExit) as exit_info:
         pad.main()
     assert exit_info.value.code == 2
-    assert "data/tokens/train.npz: not found (run the tokenize stage first)" in capsys.readouterr().err
+    assert "data/tokens/train.npz: not found (run `dvc repro tokenize`)" in capsys.readouterr().err
 
 
 def test_pad_rejects_inconsistent_offsets(project, capsys):
