@@ -29,8 +29,8 @@ NUM_WORDS, MAXLEN, LENGTHS, SAMPLES = 30, 8, [6, 12], 5
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def tiny_params(**sections: dict) -> "gradients.Params":
-    """params.yaml with tiny sizes (and any overrides), validated like the real file."""
+def tiny_raw_params(**sections: dict) -> dict:
+    """params.yaml as a mapping, with tiny sizes and any overrides."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     raw["tokenize"]["num_words"] = NUM_WORDS
     raw["pad"]["maxlen"] = MAXLEN
@@ -39,7 +39,12 @@ def tiny_params(**sections: dict) -> "gradients.Params":
     raw["gradients"].update(seq_lengths=LENGTHS, samples=SAMPLES)
     for section, values in sections.items():
         raw[section].update(values)
-    return parse(raw)
+    return raw
+
+
+def tiny_params(**sections: dict) -> "gradients.Params":
+    """params.yaml with tiny sizes (and any overrides), validated like the real file."""
+    return parse(tiny_raw_params(**sections))
 
 
 # --- the sample -----------------------------------------------------------------------------
@@ -267,12 +272,7 @@ def test_clipping_run_records_norms_before_and_after_clipping():
 
 def write_project(root: Path) -> None:
     """Tiny params, token and padded arrays, and two 'trained' models (weights from another seed)."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    raw["tokenize"]["num_words"] = NUM_WORDS
-    raw["pad"]["maxlen"] = MAXLEN
-    raw["model"].update(embedding_dim=4, units=3, dense_units=5)
-    raw["train"].update(epochs=1, batch_size=16)
-    raw["gradients"].update(seq_lengths=LENGTHS, samples=SAMPLES)
+    raw = tiny_raw_params()
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     rng = np.random.default_rng(5)
     lengths = rng.integers(2, 20, size=36)
