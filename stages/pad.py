@@ -11,7 +11,7 @@ from stages import artifacts, params
 from stages.errors import UserError, exits_cleanly
 from stages.tokenizer import pad
 
-TOKEN_ARRAYS = ("ids", "offsets", "labels", "groups")
+TOKEN_ARRAYS = ("ids", "offsets", "labels", "groups", "vocabulary_sha256")
 
 
 def read_tokens(split: str) -> dict[str, np.ndarray]:
@@ -42,11 +42,11 @@ def pad_metrics(offsets: np.ndarray, maxlen: int) -> dict[str, Any]:
 
 
 def pad_split(tokens: dict[str, np.ndarray], settings: params.PadParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The padded arrays of one split (x, y, groups) and its metrics."""
+    """The padded arrays of one split (x, y, groups, the vocabulary fingerprint) and its metrics."""
     x = pad(tokens["ids"], tokens["offsets"], settings.maxlen, settings.padding, settings.truncating)
-    arrays = {"x": x, "y": tokens["labels"].astype(np.int32), "groups": tokens["groups"]}
-    if "vocabulary_sha256" in tokens:  # tokenize's vocabulary fingerprint, on its way into the model
-        arrays["vocabulary_sha256"] = tokens["vocabulary_sha256"]
+    # tokenize's vocabulary fingerprint travels on into the model, so predict can refuse another vocabulary
+    arrays = {"x": x, "y": tokens["labels"].astype(np.int32), "groups": tokens["groups"],
+              "vocabulary_sha256": tokens["vocabulary_sha256"]}
     return arrays, pad_metrics(tokens["offsets"], settings.maxlen)
 
 

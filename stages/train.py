@@ -37,7 +37,7 @@ class Split:
     x: np.ndarray
     y: np.ndarray
     groups: np.ndarray
-    vocabulary_sha256: str | None = None  # tokenize's fingerprint, carried by pad; None in older arrays
+    vocabulary_sha256: str  # tokenize's fingerprint, carried by pad
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class TrainingResult:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     predictions: "pd.DataFrame"
-    vocabulary_sha256: str | None = None
+    vocabulary_sha256: str
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -71,7 +71,7 @@ def parse_cell(argv: Sequence[str] | None = None) -> str:
 def load_padded(split: str, num_words: int, maxlen: int) -> Split:
     """Read data/padded/{split}.npz and check it fits the model about to be built."""
     path = artifacts.padded_path(split)
-    arrays = artifacts.read_stage_npz(path, ("x", "y", "groups"), "pad")
+    arrays = artifacts.read_stage_npz(path, ("x", "y", "groups", "vocabulary_sha256"), "pad")
     x, y, groups = arrays["x"], arrays["y"], arrays["groups"]
     if x.ndim != 2 or x.shape[1] != maxlen or not np.issubdtype(x.dtype, np.integer):
         raise UserError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected integer (n, {maxlen}) "
@@ -88,9 +88,8 @@ def load_padded(split: str, num_words: int, maxlen: int) -> Split:
                         "from tokenize.num_words (rerun tokenize and pad)")
     if y.min() < 0 or y.max() >= len(groups):
         raise UserError(f"{path}: labels span [{y.min()}, {y.max()}], outside the {len(groups)} groups")
-    fingerprint = str(arrays["vocabulary_sha256"]) if "vocabulary_sha256" in arrays else None
     return Split(x=x.astype(np.int32, copy=False), y=y.astype(np.int32, copy=False), groups=groups,
-                 vocabulary_sha256=fingerprint)
+                 vocabulary_sha256=str(arrays["vocabulary_sha256"]))
 
 
 def load_inputs(params: Params) -> tuple[Split, Split]:

@@ -279,8 +279,11 @@ def write_project(root: Path) -> None:
     ids = rng.integers(1, NUM_WORDS, size=int(lengths.sum())).astype(np.int32)
     offsets = offsets_from_lengths(lengths)
     labels = rng.integers(0, len(GROUPS), size=len(lengths)).astype(np.int32)
-    artifacts.write_npz(root / artifacts.tokens_path("train"), ids=ids, offsets=offsets, labels=labels, groups=GROUPS)
-    artifacts.write_npz(root / artifacts.padded_path("train"), x=pad(ids, offsets, MAXLEN), y=labels, groups=GROUPS)
+    fingerprint = np.array("0" * 64)
+    artifacts.write_npz(root / artifacts.tokens_path("train"), ids=ids, offsets=offsets, labels=labels, groups=GROUPS,
+                        vocabulary_sha256=fingerprint)
+    artifacts.write_npz(root / artifacts.padded_path("train"), x=pad(ids, offsets, MAXLEN), y=labels, groups=GROUPS,
+                        vocabulary_sha256=fingerprint)
     p = parse(raw)
     from stages.model import seed_everything
 

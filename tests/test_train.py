@@ -42,7 +42,8 @@ def write_padded(directory: Path, n_train: int = N_TRAIN, top_id: int = NUM_WORD
     for split, n in (("train", n_train), ("test", N_TEST)):
         artifacts.write_npz(directory / artifacts.padded_path(split),
                             x=rng.integers(0, top_id, size=(n, MAXLEN)).astype(np.int32),
-                            y=rng.integers(0, len(GROUPS), size=n).astype(np.int32), groups=GROUPS)
+                            y=rng.integers(0, len(GROUPS), size=n).astype(np.int32), groups=GROUPS,
+                            vocabulary_sha256=np.array("0" * 64))
 
 
 @pytest.fixture
