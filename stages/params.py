@@ -17,6 +17,7 @@ REMOVE_CHOICES = ("headers", "footers", "quotes")
 SIDE_CHOICES = ("pre", "post")
 CELL_CHOICES = ("lstm", "gru")
 GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
+TRAINER_CHOICES = ("fused", "keras")  # stages.fast_training.fast_fit, or Keras's own model.fit
 KERAS2_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
 
@@ -61,6 +62,7 @@ class TrainParams:
     validation_split: float
     seed: int
     clipnorm: float | None
+    trainer: str
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "validation_split": _float(0.0, 1.0, high_open=True),
         "seed": _int(0),
         "clipnorm": _optional(_float(0.0, math.inf, low_open=True, high_open=True)),
+        "trainer": _choice(TRAINER_CHOICES),
     }),
     "gradients": (GradientsParams, {
         "cells": _subset(GRADIENT_CELL_CHOICES, nonempty=True), "seq_lengths": _int_list(2),
@@ -243,6 +246,11 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
         except ValueError as error:
             raise _fail(path, key, value, str(error)) from None
     sections = {name: _section(path, name, raw.get(name), cls, checks) for name, (cls, checks) in SCHEMA.items()}
+    train = sections["train"]
+    if train.clipnorm is not None and train.trainer != "keras":
+        # the fused trainer implements Adam without Keras's clipping (whose sparse-gradient norm is its own)
+        raise _fail(path, "train.clipnorm", train.clipnorm, f"null while train.trainer is {train.trainer} "
+                    "(gradient clipping needs train.trainer: keras)")
     return Params(**top, **sections)
 
 

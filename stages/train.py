@@ -158,9 +158,12 @@ def history_rows(history: dict[str, list[float]]) -> list[dict[str, Any]]:
 
 def fit(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
         callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
-    """Fit a compiled model and return one row per epoch (HISTORY_COLUMNS).
+    """Fit the model with train.trainer (keras: compiled beforehand) and return one row per epoch
+    (HISTORY_COLUMNS).
 
-    Keras's validation_split holds out the last fraction of x, taken before shuffling."""
+    Both trainers hold out the last validation_split of x before shuffling, as Keras does."""
+    if train_params.trainer == "fused":
+        return fit_fused(model, x, y, train_params, callbacks)
     history = model.fit(
         x, y,
         epochs=train_params.epochs,
@@ -171,6 +174,31 @@ def fit(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainP
         callbacks=[epoch_timer(), *callbacks],
     )
     return history_rows(history.history)
+
+
+def fit_fused(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
+              callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
+    """stages.fast_training.fast_fit with the same callbacks, printing a line per epoch as verbose=2 does."""
+    from stages.fast_training import fast_fit, supports
+
+    if not supports(model):
+        raise UserError(f"train.trainer = fused cannot train {model.name} (it needs Embedding -> LSTM/GRU -> "
+                        "stateless layers); use train.trainer: keras")
+    history = fast_fit(model, x, y, epochs=train_params.epochs, batch_size=train_params.batch_size,
+                       learning_rate=train_params.learning_rate, validation_split=train_params.validation_split,
+                       seed=train_params.seed, callbacks=[epoch_timer(), *callbacks, epoch_printer(train_params.epochs)])
+    return history_rows(history)
+
+
+def epoch_printer(epochs: int) -> "keras.callbacks.Callback":
+    """A callback that prints each epoch's logs on one line, like model.fit(verbose=2)."""
+    import keras
+
+    def end(epoch: int, logs: dict | None = None) -> None:
+        shown = " - ".join(f"{key}: {value:.4f}" for key, value in (logs or {}).items() if key != "seconds")
+        print(f"Epoch {epoch + 1}/{epochs} - {(logs or {}).get('seconds', 0.0):.1f}s - {shown}", flush=True)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=end)
 
 
 def dvclive_callbacks(cell: str) -> list["keras.callbacks.Callback"]:
@@ -228,7 +256,8 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
 
     seed_everything(params.train.seed)
     model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
-    compile_model(model, params.train)
+    if params.train.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
+        compile_model(model, params.train)
     history = fit(model, train.x, train.y, params.train, dvclive_callbacks(cell))
     scores, predictions = evaluate(model, test, params.train.batch_size)
     metrics = summarize(cell, model.count_params(), history, scores)

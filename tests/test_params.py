@@ -26,7 +26,7 @@ def test_shipped_params_are_the_lab_defaults():
     assert (p.pad.maxlen, p.pad.padding, p.pad.truncating) == (100, "pre", "pre")
     assert (p.model.embedding_dim, p.model.units, p.model.dense_units, p.model.dropout) == (128, 50, 50, 0.5)
     assert (p.train.epochs, p.train.batch_size, p.train.validation_split, p.train.seed) == (2, 32, 0.1, 0)
-    assert p.train.learning_rate == 0.001 and p.train.clipnorm is None
+    assert p.train.learning_rate == 0.001 and p.train.clipnorm is None and p.train.trainer == "fused"
 
 
 def _with(raw: dict, dotted: str, value) -> dict:
@@ -56,6 +56,7 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("train.epochs", True, "an integer >= 1"),
         ("train.learning_rate", 0, "a number in (0.0, 10.0]"),
         ("train.clipnorm", -1, "null or a number in (0.0, inf)"),
+        ("train.trainer", "jax", "one of fused, keras"),
         ("model.gru_reset_after", "yes", "true or false"),
         ("tokenize.num_words", 1, "an integer >= 2"),
         ("gradients.cells", ["lstm", "transformer"], "simple_rnn, lstm, gru"),
@@ -71,6 +72,15 @@ def test_bad_value_names_key_value_and_rule(raw, key, value, allowed):
     assert allowed in message
     shown = message.split(f"{key} = ", 1)[1]
     assert shown.startswith(yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip())
+
+
+def test_clipnorm_needs_the_keras_trainer(raw):
+    clipped = _with(raw, "train.clipnorm", 1.0)
+    with pytest.raises(params.ParamError) as caught:
+        params.parse(clipped)
+    assert str(caught.value).endswith("train.clipnorm = 1.0: must be null while train.trainer is fused "
+                                      "(gradient clipping needs train.trainer: keras)")
+    assert params.parse(_with(clipped, "train.trainer", "keras")).train.clipnorm == 1.0
 
 
 def test_missing_key_is_named(raw):

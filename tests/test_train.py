@@ -59,10 +59,12 @@ def outputs(cell: str) -> list[Path]:
             artifacts.history_path(cell), artifacts.predictions_path(cell)]
 
 
+@pytest.mark.parametrize("trainer", ["fused", "keras"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_main_writes_checked_outputs(project: Path, cell: str) -> None:
+def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> None:
     import keras
 
+    write_params(project, train={"trainer": trainer})
     train.main([cell])
     params = load()
 
