@@ -11,7 +11,8 @@ computation differs (float rounding and the dropout masks' random bits do too):
   after the loop), the layout cuDNN uses;
 - a batch's gradient is computed as two halves in two XLA computations that TensorFlow runs at once (one
   per core), then summed; Adam is a third XLA computation. Each is compiled once: the last, partial batch
-  is filled up with weight-0 rows instead of getting a shape of its own;
+  is filled up with weight-0 rows instead of getting a shape of its own. A whole epoch runs as one graph
+  loop over the steps, not one Python call per step;
 - Adam's embedding update never materialises the dense gradient of the table: the per-row sums are
   gathered inside the fused update passes, in Keras' arithmetic (see ExactAdam);
 - dropout masks are drawn per sample from a NumPy generator seeded by train.seed and the epoch, so they do
@@ -33,10 +34,11 @@ DISTINCT_ROUNDING = 128  # distinct-token lists are padded to a multiple of this
 
 # --- the fast recurrences ------------------------------------------------------------------------
 # Each recurrence takes the input projection of all time steps at once (one big matmul, time-major), runs one
-# loop forward that also saves the local derivative factors of each step, and one loop backward in which a step
-# is a single fused multiply and one small matmul; the weight gradients are then single large matmuls. The
-# arithmetic of the forward pass is Keras' own; the backward pass is the same derivative, summed in another
-# order (float rounding differs, the math does not).
+# loop forward that keeps only what the backward pass needs (gates, cells), and one loop backward in which a
+# step is a single fused multiply and one small matmul; the derivative factors are computed in bulk between the
+# two and the weight gradients are single large matmuls after them. The arithmetic of the forward pass is
+# Keras' own; the backward pass is the same derivative, summed in another order (float rounding differs, the
+# math does not).
 
 def _time_major_projection(x: Any, kernel: Any, bias: Any = None) -> Any:
     """x (B, T, D) @ kernel for all steps at once -> (T, B, G) (+ bias, where Keras adds it to x @ K)."""

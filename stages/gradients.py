@@ -21,7 +21,7 @@ import math
 import os
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import matplotlib
@@ -230,11 +230,13 @@ def load_trained_weights(cell: str, p: Params, n_classes: int) -> list[np.ndarra
 
 
 def train_simple_rnn(p: Params, padded: train.Split) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
-    """A SimpleRNN classifier trained exactly as the train stages train theirs (same params, seed,
-    epochs, batch, validation split and data): its weights and one history row per epoch."""
+    """A SimpleRNN classifier trained as the train stages train theirs (same params, seed, epochs, batch,
+    validation split and data) but always by Keras's model.fit, which the fused trainer reproduces for
+    LSTM and GRU only: its weights and one history row per epoch."""
     model = fresh_model("simple_rnn", p, padded.x.shape[1], len(padded.groups))
-    train.compile_model(model, p.train)
-    history = train.fit(model, padded.x, padded.y, p.train)
+    keras_training = replace(p.train, trainer="keras")
+    train.compile_model(model, keras_training)
+    history = train.fit(model, padded.x, padded.y, keras_training)
     return model.get_weights(), history
 
 

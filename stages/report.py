@@ -357,7 +357,7 @@ def training_section() -> str:
     return ("## Training\n\n"
             "Loss and accuracy per epoch (train solid, validation dashed; stars: the lab's validation accuracy).\n\n"
             + figure_link(LEARNING_CURVES, "Learning curves of both cells") + "\n\n"
-            "Seconds per epoch (bars: mean, dots: single epochs; the first epoch includes graph building).\n\n"
+            "Seconds per epoch (bars: mean, dots: single epochs; the first epoch includes tracing and XLA compilation).\n\n"
             + figure_link(SECONDS_PER_EPOCH, "Seconds per epoch per cell"))
 
 
