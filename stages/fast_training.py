@@ -54,7 +54,7 @@ def _time_major_projection(x: Any, kernel: Any, bias: Any = None) -> Any:
 def embedding_projection(table: Any, ids: Any, rows: Any, slots: Any, kernel: Any, bias: Any = None) -> Any:
     """gather(table, ids) @ kernel (+ bias) for ids (B, T) -> (T, B, G), the matmul done once per distinct
     token of the batch: `rows` (S,) lists them (padded with any valid row), `slots` (T*B,) maps each
-    time-major position to its row's slot (see plan_epochs). The table's gradient stays one row per
+    time-major position to its row's slot (see epoch_plan). The table's gradient stays one row per
     occurrence (what Keras' sparse Adam squares); the kernel's gradient sums per distinct token first (same
     sum, fewer flops)."""
     import tensorflow as tf
