@@ -8,7 +8,7 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -140,12 +140,7 @@ def read_stage_json(path: str | os.PathLike, required: Sequence[str], stage: str
     """A JSON object written by `stage` with the `required` keys; anything else is one UserError
     that names the file and the `dvc repro` target that writes it."""
     rerun = f"run `dvc repro {stage}`"
-    try:
-        raw = read_json(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found ({rerun})") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not readable JSON ({' '.join(str(error).split())}); {rerun}") from None
+    raw = _read_stage_file(path, read_json, "not readable JSON", (OSError, ValueError), rerun)
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a JSON object; {rerun}")
     _require(path, "keys", [key for key in required if key not in raw], rerun)
@@ -156,14 +151,21 @@ def read_stage_npz(path: str | os.PathLike, required: Sequence[str], stage: str)
     """An .npz file written by `stage` with the `required` arrays; anything else is one UserError
     that names the file and the `dvc repro` target that writes it."""
     rerun = f"run `dvc repro {stage}`"
-    try:
-        arrays = read_npz(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found ({rerun})") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: not a readable .npz file ({error}); {rerun}") from None
+    arrays = _read_stage_file(path, read_npz, "not a readable .npz file",
+                              (OSError, ValueError, EOFError, zipfile.BadZipFile), rerun)
     _require(path, "arrays", [name for name in required if name not in arrays], rerun)
     return arrays
+
+
+def _read_stage_file(path: str | os.PathLike, read: Callable[[str | os.PathLike], Any], unreadable: str,
+                     errors: tuple[type[BaseException], ...], rerun: str) -> Any:
+    """read(path), with a missing or unreadable file turned into one UserError line."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found ({rerun})") from None
+    except errors as error:
+        raise UserError(f"{path}: {unreadable} ({' '.join(str(error).split())}); {rerun}") from None
 
 
 def _require(path: str | os.PathLike, what: str, missing: list[str], rerun: str) -> None:

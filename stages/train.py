@@ -251,7 +251,8 @@ def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores
 
 
 def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> TrainingResult:
-    """Seed, build, compile, fit and evaluate one classifier; writes only dvclive/{cell}/."""
+    """Seed, build, fit (compiling first for the keras trainer) and evaluate one classifier; writes only
+    dvclive/{cell}/."""
     from stages.model import build_model, seed_everything
 
     seed_everything(params.train.seed)
