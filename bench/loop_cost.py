@@ -6,8 +6,9 @@
 Each step of the fused trainer runs, per half batch (16 rows with the lab's batch of 32), a forward and a
 backward loop of `steps` iterations; the two halves run at once, one per core. This times those loops with
 one TensorFlow thread, next to what bounds them: an XLA loop doing almost nothing (the dispatch cost of an
-iteration) and loops doing only the recurrent matmul of each direction. It prints microseconds per
-iteration (best of `repeats`) and writes them as JSON. No data needed: the inputs are random.
+iteration) and loops doing only the recurrent matmul of each direction (and the slice or tile that feeds its
+result back). It prints microseconds per iteration (best of `repeats`) and writes them as JSON. No data
+needed: the inputs are random.
 """
 from __future__ import annotations
 
@@ -71,10 +72,10 @@ def recurrence_gradient(recurrence: Callable[[Any], Any], weights: Sequence[Any]
 def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, Any]]:
     import tensorflow as tf
 
+    from bench.train_speed import configure_threads
     from stages.fast_training import gru_recurrence, lstm_recurrence
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    configure_threads(1)
     rng = np.random.default_rng(0)
 
     def normal(*shape: int, scale: float = 0.1) -> Any:
