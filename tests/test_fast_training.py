@@ -160,6 +160,17 @@ def test_fast_fit_is_deterministic_and_its_validation_figures_are_the_model_s() 
     assert first["val_accuracy"][-1] == pytest.approx(float((probabilities.argmax(1) == y[30:]).mean()))
 
 
+def test_validation_in_several_calls_gives_the_figures_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More validation rows than EVAL_BATCH: several calls, the last one filled up with weight-0 rows."""
+    x, y = tiny_data(11, seed=6)
+    trainer = fast_training.FastTrainer(tiny_model("lstm"), 0.01)
+    whole = fast_training.evaluate_split(trainer, x, y)
+    monkeypatch.setattr(fast_training, "EVAL_BATCH", 3)  # 4 calls of 3 rows, the last one with 1 filler row
+    split = fast_training.evaluate_split(trainer, x, y)
+    assert split["val_accuracy"] == whole["val_accuracy"] and 0 < whole["val_loss"] < 10
+    assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
+
+
 def test_fast_fit_calls_callbacks_with_one_shared_logs_dict() -> None:
     import keras
 
