@@ -1,6 +1,6 @@
 """Cost of one iteration of the fused trainer's recurrent loops, on one core.
 
-    python bench/loop_cost.py [--rows 16] [--steps 100] [--units 50] [--repeats 5]
+    python bench/loop_cost.py [--rows 16] [--steps 100] [--units 50] [--repeats 5] [--cpp]
                               [--out bench/results/loop_cost.json]
 
 Each step of the fused trainer runs, per half batch (16 rows with the lab's batch of 32), a forward and a
@@ -9,13 +9,18 @@ one TensorFlow thread, next to what bounds them: an XLA loop doing almost nothin
 iteration) and loops doing only the recurrent matmul of each direction (and the slice or tile that feeds its
 result back). It prints microseconds per iteration (best of `repeats`) and writes them as JSON. No data
 needed: the inputs are random.
+
+`--cpp` adds, in the same run, the LSTM loops written as plain C++ with no dispatch at all (bench/lstm_loop.cc,
+Eigen from TensorFlow's headers, built here with g++ -O3 -march=native): what a custom kernel could gain.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +34,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: make `stages` im
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "loop_cost.json"
+CPP_SOURCE = ROOT / "bench" / "lstm_loop.cc"
 CALLS = 50  # calls per timing
 
 
@@ -108,21 +114,37 @@ def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, A
     return results
 
 
+def measure_cpp(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, Any]]:
+    """Build bench/lstm_loop.cc against TensorFlow's Eigen and run it: one result per case, as `measure`."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as build:
+        binary = Path(build) / "lstm_loop"
+        subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-DEIGEN_MAX_ALIGN_BYTES=64",
+                        f"-I{tf.sysconfig.get_include()}", str(CPP_SOURCE), "-o", str(binary)], check=True)
+        output = subprocess.run([str(binary), str(rows), str(steps), str(units), str(repeats)], check=True,
+                                capture_output=True, text=True).stdout
+    return [json.loads(line) for line in output.splitlines()]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=16, help="rows per loop (half of the batch)")
     parser.add_argument("--steps", type=int, default=100, help="time steps (maxlen)")
     parser.add_argument("--units", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpp", action="store_true", help="also time the LSTM loops as plain C++ (needs g++)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     results = measure(args.rows, args.steps, args.units, args.repeats)
+    if args.cpp:
+        results += measure_cpp(args.rows, args.steps, args.units, args.repeats)
     print(f"one thread; {args.rows} rows, {args.steps} steps, {args.units} units; best of {args.repeats}")
     print(f"{'case':48s} {'ms/call':>8s} {'µs/iteration':>13s}")
     for row in results:
         print(f"{row['case']:48s} {row['call_ms']:8.3f} {row['us_per_iteration']:13.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {key: getattr(args, key) for key in ("rows", "steps", "units", "repeats")}
+    settings = {key: getattr(args, key) for key in ("rows", "steps", "units", "repeats", "cpp")}
     args.out.write_text(json.dumps({"settings": settings, "cpu_count": os.cpu_count(), "results": results},
                                    indent=2) + "\n")
     print(f"wrote {args.out}")
