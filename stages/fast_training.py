@@ -572,7 +572,7 @@ class FastTrainer:
 
         table = tf.IndexedSlices(table_rows, positions, tf.constant(self.table_shape, positions.dtype))
         with tf.control_dependencies(self.optimizer.apply_sparse([(0, table)])):
-            return tf.constant(True)
+            return tf.constant(True)  # an output for the step to wait on: the update is done when it exists
 
     def _step(self, parts):
         """One batch: returns its loss and hit sums once the weights are updated."""
@@ -652,7 +652,7 @@ def fast_fit(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_siz
 def evaluate_split(trainer: FastTrainer, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """val_loss and val_accuracy: the mean loss and accuracy of the model in inference mode."""
     loss_sum = hit_sum = 0.0
-    batch = -(-len(x) // -(-len(x) // EVAL_BATCH))  # ceil(rows / number of calls)
+    batch = math.ceil(len(x) / math.ceil(len(x) / EVAL_BATCH))  # rows per call, the calls as even as can be
     for start in range(0, len(x), batch):
         ids, labels = x[start:start + batch], y[start:start + batch]
         filler = batch - len(ids)  # one shape for every call: one trace
