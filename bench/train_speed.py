@@ -120,7 +120,8 @@ def train_ours(cell: str, seed: int, data: dict[str, Any], params: Any) -> tuple
 
     fast_fit(model, data["x_train"], data["y_train"], epochs=params.train.epochs, batch_size=params.train.batch_size,
              learning_rate=params.train.learning_rate, validation_split=params.train.validation_split, seed=seed,
-             callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)])
+             callbacks=[keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)],
+             lazy_adam=params.train.lazy_adam)
     return model, history
 
 
@@ -141,15 +142,16 @@ def configure_threads(threads: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def run_one(kind: str, cell: str, seed: int, data_dir: Path, epochs: int | None, threads: int | None) -> dict[str, Any]:
+def run_one(kind: str, cell: str, seed: int, data_dir: Path, epochs: int | None, threads: int | None,
+            lazy_adam: bool = False) -> dict[str, Any]:
     """Train one model in this process and return its figures."""
     from dataclasses import replace
 
     from stages.params import load
 
     params = load(ROOT / "params.yaml")
-    if epochs is not None:
-        params = replace(params, train=replace(params.train, epochs=epochs))
+    params = replace(params, train=replace(params.train, lazy_adam=lazy_adam,  # the flag, not params.yaml, decides
+                                           **({} if epochs is None else {"epochs": epochs})))
     configure_threads(threads)
     data = load_arrays(data_dir)
     started = time.perf_counter()
@@ -236,6 +238,8 @@ def child_command(args: argparse.Namespace, kind: str, cell: str, seed: int) -> 
         command += ["--epochs", str(args.epochs)]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.lazy_adam:
+        command += ["--lazy-adam"]
     return command
 
 
@@ -303,6 +307,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="TensorFlow intra/inter-op threads (default: TF's)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--check", action="store_true", help="exactness and determinism checks instead of timing")
+    parser.add_argument("--lazy-adam", action="store_true",
+                        help="ours with train.lazy_adam: true (not the lab's mathematics; the reference is unchanged)")
     parser.add_argument("--check-steps", type=int, default=3)
     parser.add_argument("--run", choices=("reference", "ours"), help=argparse.SUPPRESS)  # child mode
     return parser.parse_args(argv)
@@ -311,7 +317,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.run:
-        result = run_one(args.run, args.cells[0], args.seeds[0], args.data, args.epochs, args.threads)
+        result = run_one(args.run, args.cells[0], args.seeds[0], args.data, args.epochs, args.threads, args.lazy_adam)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return
     if args.check:

@@ -63,6 +63,7 @@ class TrainParams:
     seed: int
     clipnorm: float | None
     trainer: str
+    lazy_adam: bool
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "seed": _int(0),
         "clipnorm": _optional(_float(0.0, math.inf, low_open=True, high_open=True)),
         "trainer": _choice(TRAINER_CHOICES),
+        "lazy_adam": _bool,
     }),
     "gradients": (GradientsParams, {
         "cells": _subset(GRADIENT_CELL_CHOICES, nonempty=True), "seq_lengths": _int_list(2),
@@ -251,6 +253,9 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
         # the fused trainer implements Adam without Keras's clipping (whose sparse-gradient norm is its own)
         raise _fail(path, "train.clipnorm", train.clipnorm, f"null while train.trainer is {train.trainer} "
                     "(gradient clipping needs train.trainer: keras)")
+    if train.lazy_adam and train.trainer != "fused":
+        raise _fail(path, "train.lazy_adam", train.lazy_adam, f"false while train.trainer is {train.trainer} "
+                    "(Keras has no lazy Adam; it needs train.trainer: fused)")
     return Params(**top, **sections)
 
 

@@ -186,7 +186,8 @@ def fit_fused(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: 
                         "stateless layers); use train.trainer: keras")
     history = fast_fit(model, x, y, epochs=train_params.epochs, batch_size=train_params.batch_size,
                        learning_rate=train_params.learning_rate, validation_split=train_params.validation_split,
-                       seed=train_params.seed, callbacks=[epoch_timer(), *callbacks, epoch_printer(train_params.epochs)])
+                       seed=train_params.seed, callbacks=[epoch_timer(), *callbacks, epoch_printer(train_params.epochs)],
+                       lazy_adam=train_params.lazy_adam)
     return history_rows(history)
 
 

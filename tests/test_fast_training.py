@@ -104,6 +104,64 @@ def test_exact_adam_matches_keras_adam_on_repeated_sparse_rows() -> None:
     np.testing.assert_array_equal(ours[0].numpy()[3], start[0][3])  # never touched: m = 0, no move
 
 
+def test_lazy_adam_updates_only_the_gradient_rows_as_lazy_adam_does() -> None:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=(6, 4)).astype(np.float32)
+    table = tf.Variable(start)
+    lazy_adam = fast_training.ExactAdam([table], learning_rate=0.01, lazy=True)
+
+    @tf.function(jit_compile=True)  # as FastTrainer runs it
+    def step(update: tf.IndexedSlices) -> None:
+        with tf.control_dependencies(lazy_adam.apply_sparse([(0, update)])):
+            lazy_adam.count_step()
+
+    w, m, v = start.astype(np.float64), np.zeros((6, 4)), np.zeros((6, 4))
+    for t, indices in enumerate(([2, 2, 5], [1, 4, 1, 1, 0], [5, 3]), start=1):
+        values = rng.normal(size=(len(indices), 4)).astype(np.float32)
+        step(tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([6, 4])))
+        alpha = 0.01 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)  # bias correction by the global step
+        for row in sorted(set(indices)):
+            mine = values[np.array(indices) == row].astype(np.float64)
+            m[row] += (mine.sum(0) - m[row]) * 0.1
+            v[row] += ((mine ** 2).sum(0) - v[row]) * 0.001  # per-occurrence squares, as Keras' Adam
+            w[row] -= m[row] * alpha / (np.sqrt(v[row]) + 1e-7)
+        np.testing.assert_allclose(table.numpy(), w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(lazy_adam.m[0].numpy(), m, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(lazy_adam.v[0].numpy(), v, rtol=1e-5, atol=1e-9)
+    # row 2, touched only in the first step, stopped there (Keras' Adam moves it on its momentum)
+    assert not np.allclose(w[2], start[2]) and lazy_adam.iterations.numpy() == 3
+
+
+def test_fused_trainer_with_lazy_adam_leaves_rows_outside_the_batch_alone() -> None:
+    x, y = tiny_data(8)
+    x[:4] = np.clip(x[:4], 1, 19)  # first batch: tokens 1-19; second: tokens 20-39
+    x[4:] = np.clip(x[4:], 20, NUM_WORDS - 1)
+    tables = {}
+    for lazy in (False, True):
+        model = tiny_model("lstm")
+        trainer = fast_training.FastTrainer(model, 0.01, lazy_adam=lazy)
+        dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fast_training.dropout_layers(model)]
+        after = [trainer.weights[0].numpy().copy()]
+        for batch in (slice(0, 4), slice(4, 8)):  # one step each, in this order
+            plan = fast_training.epoch_plan(x[batch], y[batch], 4, seed=0, epoch=0, dropout=dropout, shuffle=False)
+            trainer.run_epoch(plan, fast_training.distinct_size([plan], 4 * MAXLEN // 2))
+            after.append(trainer.weights[0].numpy().copy())  # the embedding table
+        tables[lazy] = after
+    np.testing.assert_allclose(tables[True][1], tables[False][1], rtol=1e-6, atol=1e-7)  # from m = v = 0: alike
+    first_batch_rows = np.unique(x[:4])
+    # rows step 1 moved (not all: a token that is never a max-pooled step gets no gradient)
+    moved = np.abs(tables[False][1] - tables[False][0]).max(axis=1) > 1e-4
+    assert moved[first_batch_rows].sum() > len(first_batch_rows) // 2 and not moved[np.unique(x[4:])].any()
+    # step 2 does not touch the first batch's rows: Keras' Adam moves them on their momentum, lazy Adam does not
+    np.testing.assert_array_equal(tables[True][2][first_batch_rows], tables[True][1][first_batch_rows])
+    exact_steps = np.abs(tables[False][2] - tables[False][1]).max(axis=1)
+    assert (exact_steps[first_batch_rows][moved[first_batch_rows]] > 1e-4).all()
+    second_batch_rows = np.unique(x[4:])
+    assert (np.abs(tables[True][2] - tables[True][1]).max(axis=1)[second_batch_rows] > 1e-4).all()
+
+
 def tiny_data(n: int, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     # no token 0: long runs of one token give exactly tied max-pool states, whose gradient split is arbitrary

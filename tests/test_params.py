@@ -27,6 +27,7 @@ def test_shipped_params_are_the_lab_defaults():
     assert (p.model.embedding_dim, p.model.units, p.model.dense_units, p.model.dropout) == (128, 50, 50, 0.5)
     assert (p.train.epochs, p.train.batch_size, p.train.validation_split, p.train.seed) == (2, 32, 0.1, 0)
     assert p.train.learning_rate == 0.001 and p.train.clipnorm is None and p.train.trainer == "fused"
+    assert p.train.lazy_adam is False  # Keras' Adam over every embedding row, as the lab
 
 
 def _with(raw: dict, dotted: str, value) -> dict:
@@ -57,6 +58,7 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("train.learning_rate", 0, "a number in (0.0, 10.0]"),
         ("train.clipnorm", -1, "null or a number in (0.0, inf)"),
         ("train.trainer", "jax", "one of fused, keras"),
+        ("train.lazy_adam", "yes", "true or false"),
         ("model.gru_reset_after", "yes", "true or false"),
         ("tokenize.num_words", 1, "an integer >= 2"),
         ("gradients.cells", ["lstm", "transformer"], "simple_rnn, lstm, gru"),
@@ -81,6 +83,15 @@ def test_clipnorm_needs_the_keras_trainer(raw):
     assert str(caught.value).endswith("train.clipnorm = 1.0: must be null while train.trainer is fused "
                                       "(gradient clipping needs train.trainer: keras)")
     assert params.parse(_with(clipped, "train.trainer", "keras")).train.clipnorm == 1.0
+
+
+def test_lazy_adam_needs_the_fused_trainer(raw):
+    lazy = _with(raw, "train.lazy_adam", True)
+    assert params.parse(lazy).train.lazy_adam is True
+    with pytest.raises(params.ParamError) as caught:
+        params.parse(_with(lazy, "train.trainer", "keras"))
+    assert str(caught.value).endswith("train.lazy_adam = true: must be false while train.trainer is keras "
+                                      "(Keras has no lazy Adam; it needs train.trainer: fused)")
 
 
 def test_missing_key_is_named(raw):
