@@ -21,22 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: make `stages` importable
-    sys.path.insert(0, str(ROOT))
+from bench_common import RESULTS, ROOT, run_cpp  # first: it makes `stages` importable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-DEFAULT_OUT = ROOT / "bench" / "results" / "adam_cost.json"
+DEFAULT_OUT = RESULTS / "adam_cost.json"
 CPP_SOURCE = ROOT / "bench" / "adam_pass.cc"
 
 
@@ -79,13 +72,7 @@ def xla_update_ms(rows: int, width: int, occurrences: int, updates: int, repeats
 def cpp_results(rows: int, width: int, occurrences: int, updates: int, repeats: int,
                 threads: Sequence[int]) -> list[dict[str, Any]]:
     """Build bench/adam_pass.cc and run it: one result per thread count."""
-    with tempfile.TemporaryDirectory() as build:
-        binary = Path(build) / "adam_pass"
-        subprocess.run(["g++", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=c++17", str(CPP_SOURCE), "-o", str(binary)],
-                       check=True)
-        command = [str(binary), *(str(n) for n in (rows, width, occurrences, updates, repeats, *threads))]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return [json.loads(line) for line in output.splitlines()]
+    return run_cpp(CPP_SOURCE, ["-fopenmp", "-fno-math-errno"], [rows, width, occurrences, updates, repeats, *threads])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,22 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: make `stages` importable
-    sys.path.insert(0, str(ROOT))
+from bench_common import RESULTS, ROOT, run_cpp  # first: it makes `stages` importable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-DEFAULT_OUT = ROOT / "bench" / "results" / "loop_cost.json"
+DEFAULT_OUT = RESULTS / "loop_cost.json"
 CPP_SOURCE = ROOT / "bench" / "lstm_loop.cc"
 CALLS = 50  # calls per timing
 
@@ -118,13 +111,8 @@ def measure_cpp(rows: int, steps: int, units: int, repeats: int) -> list[dict[st
     """Build bench/lstm_loop.cc against TensorFlow's Eigen and run it: one result per case, as `measure`."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory() as build:
-        binary = Path(build) / "lstm_loop"
-        subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", "-DEIGEN_MAX_ALIGN_BYTES=64",
-                        f"-I{tf.sysconfig.get_include()}", str(CPP_SOURCE), "-o", str(binary)], check=True)
-        output = subprocess.run([str(binary), str(rows), str(steps), str(units), str(repeats)], check=True,
-                                capture_output=True, text=True).stdout
-    return [json.loads(line) for line in output.splitlines()]
+    return run_cpp(CPP_SOURCE, ["-DEIGEN_MAX_ALIGN_BYTES=64", f"-I{tf.sysconfig.get_include()}"],
+                   [rows, steps, units, repeats])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -30,13 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: make `stages` importable
-    sys.path.insert(0, str(ROOT))
+from bench_common import RESULTS, ROOT  # first: it makes `stages` importable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-DEFAULT_OUT = ROOT / "bench" / "results" / "train_speed.json"
+DEFAULT_OUT = RESULTS / "train_speed.json"
 RESULT_PREFIX = "RESULT "
 EVAL_BATCH = 512  # batch size of validation/test prediction: speed only, results do not depend on it
 
