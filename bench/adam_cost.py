@@ -19,15 +19,13 @@ It prints milliseconds per update (best of `repeats` timings of `updates` update
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from bench_common import RESULTS, ROOT, run_cpp  # first: it makes `stages` importable
+from bench_common import RESULTS, ROOT, run_cpp, write_results  # first: it makes `stages` importable
 
 DEFAULT_OUT = RESULTS / "adam_cost.json"
 CPP_SOURCE = ROOT / "bench" / "adam_pass.cc"
@@ -97,11 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'case':58s} {'ms/update':>10s}")
     for row in results:
         print(f"{row['case']:58s} {row['ms_per_update']:10.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {key: getattr(args, key) for key in ("rows", "width", "occurrences", "updates", "repeats", "threads")}
-    args.out.write_text(json.dumps({"settings": settings, "cpu_count": os.cpu_count(), "results": results},
-                                   indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, {key: getattr(args, key) for key in ("rows", "width", "occurrences", "updates", "repeats", "threads")}, results)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ Eigen from TensorFlow's headers, built here with g++ -O3 -march=native): what a 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench_common import RESULTS, ROOT, run_cpp  # first: it makes `stages` importable
+from bench_common import RESULTS, ROOT, run_cpp, write_results  # first: it makes `stages` importable
 
 DEFAULT_OUT = RESULTS / "loop_cost.json"
 CPP_SOURCE = ROOT / "bench" / "lstm_loop.cc"
@@ -131,11 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'case':48s} {'ms/call':>8s} {'µs/iteration':>13s}")
     for row in results:
         print(f"{row['case']:48s} {row['call_ms']:8.3f} {row['us_per_iteration']:13.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    settings = {key: getattr(args, key) for key in ("rows", "steps", "units", "repeats", "cpp")}
-    args.out.write_text(json.dumps({"settings": settings, "cpu_count": os.cpu_count(), "results": results},
-                                   indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, {key: getattr(args, key) for key in ("rows", "steps", "units", "repeats", "cpp")}, results)
 
 
 if __name__ == "__main__":

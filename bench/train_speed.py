@@ -1,7 +1,8 @@
 """Training speed: the lab's plain Keras code against the pipeline's fused trainer, on the same padded arrays.
 
     python bench/train_speed.py [--epochs 2] [--seeds 0 1 2] [--cells lstm gru] [--data data/padded]
-                                [--threads N] [--check] [--out bench/results/train_speed.json]
+                                [--threads N] [--lazy-adam] [--compile-cache off|warm] [--check]
+                                [--out bench/results/train_speed.json]
 
 Every training run is a fresh Python process (clean TensorFlow state, its own peak RSS), and the runs
 alternate reference, ours, reference, ours for each cell and seed, so that the load of other processes on
@@ -18,22 +19,21 @@ weights drift apart (same math => float rounding only), then trains ours twice t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from bench_common import RESULTS, ROOT  # first: it makes `stages` importable
+from bench_common import RESULTS, ROOT, child_result, print_result  # first: see bench_common
+from stages import compile_cache
 
 DEFAULT_OUT = RESULTS / "train_speed.json"
-RESULT_PREFIX = "RESULT "
 EVAL_BATCH = 512  # batch size of validation/test prediction: speed only, results do not depend on it
 
 
@@ -236,15 +236,34 @@ def child_command(args: argparse.Namespace, kind: str, cell: str, seed: int) -> 
         command += ["--threads", str(args.threads)]
     if args.lazy_adam:
         command += ["--lazy-adam"]
+    if kind == "ours" and args.compile_cache == "warm":
+        command += ["--compile-cache", "warm"]
     return command
 
 
-def run_child(command: list[str]) -> dict[str, Any]:
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    raise RuntimeError(f"benchmark run failed: {' '.join(command)}\n{done.stderr[-3000:]}")
+def prime_compile_cache(args: argparse.Namespace, folder: Path) -> None:
+    """`folder` as the cache of this run's children (LSTM_VS_GRU_XLA_CACHE), filled by one untimed epoch of
+    ours per cell: the programs depend on the shapes, not on the number of epochs."""
+    os.environ[compile_cache.CACHE_ENV] = str(folder)
+    for cell in args.cells:
+        child_result(child_command(argparse.Namespace(**{**vars(args), "epochs": 1}), "ours", cell, args.seeds[0]))
+    print(f"compile cache primed: {os.environ[compile_cache.CACHE_ENV]}", flush=True)
+
+
+def time_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every seed and cell, reference then ours, each in a fresh process; prints a line per run."""
+    runs = []
+    for seed in args.seeds:
+        for cell in args.cells:
+            for kind in ("reference", "ours"):
+                run = child_result(child_command(args, kind, cell, seed))
+                times = epoch_seconds(run)
+                print(f"{cell} seed {seed} {kind:9s}: epochs {[round(r['seconds'], 2) for r in run['history']]} s, "
+                      f"cpu {[round(r['cpu_seconds'], 2) for r in run['history']]} s, "
+                      f"val_acc {run['history'][-1]['val_accuracy']:.4f}, test_acc {run['test_accuracy']:.4f}, "
+                      f"peak {run['peak_rss_mb']:.0f} MB (mean {times['mean_epoch']:.2f} s/epoch)", flush=True)
+                runs.append(run)
+    return runs
 
 
 def epoch_seconds(run: dict[str, Any]) -> dict[str, float]:
@@ -305,6 +324,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="exactness and determinism checks instead of timing")
     parser.add_argument("--lazy-adam", action="store_true",
                         help="ours with train.lazy_adam: true (not the lab's mathematics; the reference is unchanged)")
+    parser.add_argument("--compile-cache", choices=("off", "warm"), default="off",
+                        help="warm: ours loads XLA's compiled programs from a cache primed by an untimed run, as "
+                             "`dvc repro` does after its first run (stages.compile_cache); off: ours compiles")
     parser.add_argument("--check-steps", type=int, default=3)
     parser.add_argument("--run", choices=("reference", "ours"), help=argparse.SUPPRESS)  # child mode
     return parser.parse_args(argv)
@@ -313,8 +335,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.run:
+        if args.compile_cache == "warm" and compile_cache.enable() is None:  # its folder: from the parent
+            raise SystemExit(f"the compile cache in {compile_cache.CACHE_ENV} is not usable")
         result = run_one(args.run, args.cells[0], args.seeds[0], args.data, args.epochs, args.threads, args.lazy_adam)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        print_result(result)
         return
     if args.check:
         for cell in args.cells:
@@ -328,30 +352,24 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if "ours_gap_without_row_0" in row:
                         print(f"{'  (rows 1+)':34s} {'':9s} {row['ours_gap_without_row_0']:9.2e} "
                               f"{row['plain_xla_gap_without_row_0']:9.2e}")
-            twice = [run_child(child_command(args, "ours", cell, args.seeds[0])) for _ in range(2)]
+            twice = [child_result(child_command(args, "ours", cell, args.seeds[0])) for _ in range(2)]
             same = [run["history"][i][k] for run in twice for i in range(len(run["history"]))
                     for k in ("loss", "accuracy", "val_loss", "val_accuracy")]
             half = len(same) // 2
             print(f"{cell}: two runs of ours, seed {args.seeds[0]}: identical metrics: {same[:half] == same[half:]} "
                   f"(test accuracy {twice[0]['test_accuracy']} / {twice[1]['test_accuracy']})")
         return
-    runs = []
-    for seed in args.seeds:
-        for cell in args.cells:
-            for kind in ("reference", "ours"):
-                run = run_child(child_command(args, kind, cell, seed))
-                times = epoch_seconds(run)
-                print(f"{cell} seed {seed} {kind:9s}: epochs {[round(r['seconds'], 2) for r in run['history']]} s, "
-                      f"cpu {[round(r['cpu_seconds'], 2) for r in run['history']]} s, "
-                      f"val_acc {run['history'][-1]['val_accuracy']:.4f}, test_acc {run['test_accuracy']:.4f}, "
-                      f"peak {run['peak_rss_mb']:.0f} MB (mean {times['mean_epoch']:.2f} s/epoch)", flush=True)
-                runs.append(run)
+    with tempfile.TemporaryDirectory(prefix="xla-cache-") as cache:
+        if args.compile_cache == "warm":
+            prime_compile_cache(args, Path(cache))
+        runs = time_runs(args)
     rows = summarise(runs)
     print_table(rows, len(args.seeds))
     from stages.artifacts import write_json
 
-    write_json(args.out, {"argv": sys.argv[1:], "threads": args.threads, "cpu_count": os.cpu_count(),
-                          "load_average_at_end": os.getloadavg(), "summary": rows, "runs": runs})
+    write_json(args.out, {"argv": sys.argv[1:], "threads": args.threads, "compile_cache": args.compile_cache,
+                          "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "summary": rows,
+                          "runs": runs})
     print(f"wrote {args.out}")
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from stages import artifacts
+from stages import artifacts, compile_cache
 from stages.errors import UserError, exits_cleanly
 from stages.params import CELL_CHOICES, Params, TrainParams, load
 
@@ -288,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cell = parse_cell(argv)
     params = load()
     train, test = load_inputs(params)
+    compile_cache.enable()  # before TensorFlow compiles anything
     result = train_and_evaluate(cell, params, train, test)
     write_outputs(cell, result)
     m = result.metrics

@@ -1,16 +1,33 @@
-"""Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py)."""
+"""Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py), and a private XLA
+compilation cache for the session."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from stages.compile_cache import CACHE_ENV
 from tests.small_archive import build_archive
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than ~20 s (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' XLA compilation cache (for the training stages they run, and their subprocesses): a folder
+    of this session, not the user's ~/.cache."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("xla_cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV)
+    else:
+        os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="session")
