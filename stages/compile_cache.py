@@ -66,12 +66,17 @@ def machine_key(environ: MutableMapping[str, str]) -> str:
 
 
 def cache_root(environ: MutableMapping[str, str]) -> Path | None:
-    """The cache's base folder, or None when the user turned it off."""
+    """The cache's base folder, or None when the user turned it off or there is no home folder to hold it."""
     chosen = environ.get(CACHE_ENV)
     if chosen is not None:
         return None if chosen.strip().lower() in DISABLED else Path(chosen).expanduser()
-    base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
-    return Path(base) / "lstm-vs-gru" / "xla"
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "lstm-vs-gru" / "xla"
+    try:
+        home = Path(environ.get("HOME") or Path.home())
+    except (RuntimeError, KeyError):  # no HOME and no password entry (some containers)
+        return None
+    return home / ".cache" / "lstm-vs-gru" / "xla"
 
 
 def unusable_reason(directory: Path) -> str | None:

@@ -31,6 +31,15 @@ def test_without_xdg_cache_home_the_folder_is_under_home(tmp_path: Path) -> None
     assert compile_cache.enable(env).parent == tmp_path / ".cache" / "lstm-vs-gru" / "xla"
 
 
+def test_without_any_home_folder_the_cache_stays_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(compile_cache.Path, "home", staticmethod(no_home))
+    env: dict[str, str] = {}
+    assert compile_cache.enable(env) is None and env == {}
+
+
 def test_the_environment_variable_chooses_the_folder_and_keeps_other_flags(tmp_path: Path) -> None:
     env = {compile_cache.CACHE_ENV: str(tmp_path / "my cache"), "TF_XLA_FLAGS": "--tf_xla_auto_jit=0"}
     folder = compile_cache.enable(env)
@@ -137,3 +146,16 @@ def test_the_training_stage_gives_the_same_model_cold_warm_and_off(tmp_path: Pat
     for metrics, weights in (from_cold, trained(project)):
         assert metrics == off[0]
         assert all(np.array_equal(a, b) for a, b in zip(weights, off[1], strict=True))
+
+
+def test_the_training_stage_trains_without_a_usable_cache(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project)
+    write_padded(project)
+    (tmp_path / "a file").write_text("not a folder")
+    done = run_training(project, str(tmp_path / "a file" / "cache"))
+    notices = [line for line in done.stderr.splitlines() if line.startswith("XLA compilation cache off: ")]
+    assert len(notices) == 1 and "cannot create it" in notices[0]
+    assert "saving cache entry" not in done.stderr
+    assert artifacts.read_json(project / artifacts.metrics_path("lstm"))["epochs"] == 1
