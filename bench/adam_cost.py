@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'case':58s} {'ms/update':>10s}")
     for row in results:
         print(f"{row['case']:58s} {row['ms_per_update']:10.3f}")
-    write_results(args.out, {key: getattr(args, key) for key in ("rows", "width", "occurrences", "updates", "repeats", "threads")}, results)
+    keys = ("rows", "width", "occurrences", "updates", "repeats", "threads")
+    write_results(args.out, {key: getattr(args, key) for key in keys}, results)
 
 
 if __name__ == "__main__":

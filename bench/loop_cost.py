@@ -129,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'case':48s} {'ms/call':>8s} {'µs/iteration':>13s}")
     for row in results:
         print(f"{row['case']:48s} {row['call_ms']:8.3f} {row['us_per_iteration']:13.2f}")
-    write_results(args.out, {key: getattr(args, key) for key in ("rows", "steps", "units", "repeats", "cpp")}, results)
+    keys = ("rows", "steps", "units", "repeats", "cpp")
+    write_results(args.out, {key: getattr(args, key) for key in keys}, results)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def test_a_cache_the_user_configured_wins(tmp_path: Path) -> None:
     assert not (tmp_path / "lstm-vs-gru").exists()
 
 
-def unusable(env: dict, capsys: pytest.CaptureFixture, reason: str) -> None:
+def unusable(env: dict[str, str], capsys: pytest.CaptureFixture, reason: str) -> None:
+    """enable(env) returns None, leaves TF_XLA_FLAGS unset and prints one notice naming `reason`."""
     assert compile_cache.enable(env) is None
     assert "TF_XLA_FLAGS" not in env
     notice = capsys.readouterr().err
