@@ -1,18 +1,20 @@
-"""Cost of one Adam update of the embedding table: the fused trainer's XLA update against one C++ pass.
+"""Cost of one Adam update of the embedding table: the fused trainer's native op, its XLA fallback, one C++ pass.
 
     python bench/adam_cost.py [--rows 20000] [--width 128] [--occurrences 3200] [--updates 50] [--repeats 7]
                               [--threads 1 2] [--out bench/results/adam_cost.json]
 
 Every step of the fused trainer ends with Keras' Adam over the whole embedding table (the lab's 20000 x 128,
 from the 3,200 per-occurrence gradient rows of a batch of 32 x 100 tokens). This times, in one run and on
-random inputs of that shape:
+random inputs of that shape, each called from a graph loop as in an epoch:
 
-- the update as the fused trainer runs it (`ExactAdam.apply_sparse` compiled by XLA, called from a graph
-  loop as in an epoch): XLA makes three passes of it (m, v, then the weights), on one thread;
+- the update as the fused trainer runs it: the ExactSparseAdam op (stages/native_ops.cc, built on first use),
+  one pass over the table on TensorFlow's threads;
+- the update as it runs where the op cannot be built (`ExactAdam.apply_sparse` compiled by XLA): three
+  passes (m, v, then the weights);
 - the same with `lazy=True` (`train.lazy_adam`): only the batch's rows, not Keras' Adam;
-- the same arithmetic as one pass in plain C++ (bench/adam_pass.cc, built here with g++ -O3 -march=native
-  -fopenmp -fno-math-errno; without the last, sqrt is not vectorised and one thread takes 6 ms) on 1 and 2
-  threads: what a custom kernel could gain.
+- the same arithmetic as one pass in a plain C++ program (bench/adam_pass.cc, built here with g++ -O3
+  -march=native -fopenmp -fno-math-errno; without the last, sqrt is not vectorised and one thread takes
+  6 ms) on 1 and 2 threads: the floor the op is measured against.
 
 It prints milliseconds per update (best of `repeats` timings of `updates` updates each) and writes JSON.
 """
@@ -31,23 +33,35 @@ DEFAULT_OUT = RESULTS / "adam_cost.json"
 CPP_SOURCE = ROOT / "bench" / "adam_pass.cc"
 
 
-def xla_update_ms(rows: int, width: int, occurrences: int, updates: int, repeats: int, lazy: bool) -> float:
-    """Best milliseconds per update of ExactAdam's table update, compiled as FastTrainer compiles it."""
+def update_ms(rows: int, width: int, occurrences: int, updates: int, repeats: int, how: str) -> float:
+    """Best milliseconds per update of ExactAdam's table update as FastTrainer runs it: `how` = "xla"
+    (compiled by XLA), "lazy" (the same, lazy=True) or "native" (the C++ op of stages/native_ops.cc, the
+    gradient rows in two parts as the trainer's two halves give them)."""
     import tensorflow as tf
 
+    from stages import native_ops
     from stages.fast_training import ExactAdam
 
     rng = np.random.default_rng(0)
     table = tf.Variable(rng.normal(0.0, 0.01, (rows, width)).astype(np.float32))
-    optimizer = ExactAdam([table], 1e-3, lazy=lazy)
+    optimizer = ExactAdam([table], 1e-3, lazy=how == "lazy")
     ids = tf.constant(rng.integers(0, rows, occurrences).astype(np.int32))
     values = tf.constant(rng.normal(0.0, 0.01, (occurrences, width)).astype(np.float32))
     shape = tf.constant((rows, width), tf.int32)
+    ops = native_ops.load() if how == "native" else None
+    if how == "native" and ops is None:
+        raise SystemExit("the native ops did not build here (see the notice above)")
 
     @tf.function(jit_compile=True, autograph=False)
-    def update() -> Any:
+    def xla_update() -> Any:
         with tf.control_dependencies(optimizer.apply_sparse([(0, tf.IndexedSlices(values, ids, shape))])):
             return tf.constant(True)
+
+    def update() -> Any:
+        if ops is None:
+            return xla_update()
+        half = occurrences // 2
+        return optimizer.apply_sparse_native(ops, 0, ids, [values[:half], values[half:]])
 
     @tf.function(autograph=False)
     def run(count: Any) -> Any:
@@ -84,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     shape = (args.rows, args.width, args.occurrences, args.updates, args.repeats)
-    results = [{"case": "XLA, the fused trainer's update (3 passes, 1 thread)",
-                "ms_per_update": xla_update_ms(*shape, lazy=False)},
+    results = [{"case": "native op, the fused trainer's update (1 pass)", "ms_per_update": update_ms(*shape, "native")},
+               {"case": "XLA, the update without the native op (3 passes)", "ms_per_update": update_ms(*shape, "xla")},
                {"case": "XLA, lazy Adam (the batch's rows only; not Keras' Adam)",
-                "ms_per_update": xla_update_ms(*shape, lazy=True)},
+                "ms_per_update": update_ms(*shape, "lazy")},
                *cpp_results(*shape, args.threads)]
     table_mb = 3 * args.rows * args.width * 4 / 1e6
     print(f"{args.rows} x {args.width} table, {args.occurrences} gradient rows; weights, m and v: {table_mb:.0f} MB "

@@ -25,7 +25,7 @@ import platform
 import shutil
 import sys
 from pathlib import Path
-from typing import MutableMapping
+from typing import Mapping, MutableMapping
 
 CACHE_ENV = "LSTM_VS_GRU_XLA_CACHE"
 DISABLED = ("off", "0", "false", "no", "")
@@ -65,18 +65,25 @@ def machine_key(environ: MutableMapping[str, str]) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
+def user_cache_home(environ: Mapping[str, str]) -> Path | None:
+    """This project's folder in the user's cache ($XDG_CACHE_HOME/lstm-vs-gru, else ~/.cache/lstm-vs-gru),
+    or None where there is no home folder to hold it."""
+    if environ.get("XDG_CACHE_HOME"):
+        return Path(environ["XDG_CACHE_HOME"]) / "lstm-vs-gru"
+    try:
+        home = Path(environ.get("HOME") or Path.home())
+    except (RuntimeError, KeyError):  # no HOME and no password entry (some containers)
+        return None
+    return home / ".cache" / "lstm-vs-gru"
+
+
 def cache_root(environ: MutableMapping[str, str]) -> Path | None:
     """The cache's base folder, or None when the user turned it off or there is no home folder to hold it."""
     chosen = environ.get(CACHE_ENV)
     if chosen is not None:
         return None if chosen.strip().lower() in DISABLED else Path(chosen).expanduser()
-    if environ.get("XDG_CACHE_HOME"):
-        return Path(environ["XDG_CACHE_HOME"]) / "lstm-vs-gru" / "xla"
-    try:
-        home = Path(environ.get("HOME") or Path.home())
-    except (RuntimeError, KeyError):  # no HOME and no password entry (some containers)
-        return None
-    return home / ".cache" / "lstm-vs-gru" / "xla"
+    home = user_cache_home(environ)
+    return None if home is None else home / "xla"
 
 
 def unusable_reason(directory: Path) -> str | None:

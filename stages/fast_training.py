@@ -10,12 +10,14 @@ computation differs (float rounding and the dropout masks' random bits do too):
   hand (each reverse step one fused multiply and one small matmul, the weight gradients single matmuls
   after the loop), the layout cuDNN uses;
 - a batch's gradient is computed as two halves in two XLA computations that TensorFlow runs at once (one
-  per core), then summed; Adam's update of the embedding table is a third XLA computation (the small
-  weights go through TensorFlow's fused Adam kernel). Each is compiled once: the last, partial batch
-  is filled up with weight-0 rows instead of getting a shape of its own. A whole epoch runs as one graph
-  loop over the steps, not one Python call per step;
+  per core), then summed. Adam's update of the embedding table is one pass of a C++ op on both cores
+  (stages/native_ops.cc, built on first use, which also holds the LSTM's backward loop as a call inside
+  XLA's computation), or, where it cannot be built, a third XLA computation; the small weights go through
+  TensorFlow's fused Adam kernel. Each XLA computation is compiled once: the last, partial batch is filled
+  up with weight-0 rows instead of getting a shape of its own. A whole epoch runs as one graph loop over
+  the steps, not one Python call per step;
 - Adam's embedding update never materialises the dense gradient of the table: the per-row sums are
-  gathered inside the fused update passes, in Keras' arithmetic (see ExactAdam);
+  gathered inside the update, in Keras' arithmetic (see ExactAdam);
 - dropout masks are drawn per sample from a NumPy generator seeded by train.seed and the epoch, so they do
   not depend on how a batch is split.
 
@@ -107,11 +109,12 @@ def lstm_sequence(x: Any, kernel: Any, recurrent_kernel: Any, bias: Any) -> Any:
     return tf.transpose(lstm_recurrence(_time_major_projection(x, kernel), recurrent_kernel, bias), (1, 0, 2))
 
 
-def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any) -> Any:
+def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any = None) -> Any:
     """The LSTM loop on the input projection xw = x @ K (T, B, 4U) -> hs (T, B, U); per step, as Keras:
     z = (x@K + h@R) + b, gates i, f, c, o = sigmoid, sigmoid, tanh, sigmoid, c' = f*c + i*g, h' = o*tanh(c').
     The loop keeps only the gates and cells: each operation in a loop body costs a few microseconds of
-    dispatch, so the derivative factors are computed after it, for all steps at once."""
+    dispatch, so the derivative factors are computed after it, for all steps at once. With `native_ops`
+    (stages/native_ops.load()) the backward loop is its C++ op: the same arithmetic, faster (bench/README.md)."""
     import tensorflow as tf
 
     units = recurrent_kernel.shape[0]
@@ -138,22 +141,33 @@ def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any) -> Any:
             dc_dh = o * (1 - tc * tc)
             # d z / d c for gates i, f, c and d z / d h for gate o, per step
             dz_d = tf.concat([g * i * (1 - i), _previous(cs) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 2)
-            rk_t = tf.transpose(rk)  # once, not per step: a transposed operand makes the small matmul slower
-
-            def back(carry, inputs):
-                dh_out, dc_dh_t, dz_d_t, f_t = inputs
-                dh = dh_out + carry[0]
-                dc = dh * dc_dh_t + carry[1]
-                dz = tf.concat([dc, dc, dc, dh], 1) * dz_d_t
-                return tf.matmul(dz, rk_t), dc * f_t, dz
-
-            _, _, dzs = tf.scan(back, (dhs, dc_dh, dz_d, f), initializer=(zeros, zeros, tf.zeros_like(xw[0])),
-                                reverse=True)
+            loop = lstm_backward_loop if native_ops is None else native_ops.lstm_backward_loop
+            dzs = loop(dhs, dc_dh, dz_d, f, rk)
             return dzs, _weight_gradient(_previous(hs), dzs), tf.reduce_sum(dzs, (0, 1))
 
         return hs, grad
 
     return recur(xw, recurrent_kernel, bias)
+
+
+def lstm_backward_loop(dhs: Any, dc_dh: Any, dz_d: Any, f: Any, recurrent_kernel: Any) -> Any:
+    """lstm_recurrence's backward loop (XLA): the gate pre-activations' gradients dzs (T, B, 4U) from the
+    states' dhs (T, B, U) and the per-step factors; stages/native_ops.cc has the same loop in C++."""
+    import tensorflow as tf
+
+    rk_t = tf.transpose(recurrent_kernel)  # once, not per step: a transposed operand makes the small matmul slower
+
+    def back(carry, inputs):
+        dh_out, dc_dh_t, dz_d_t, f_t = inputs
+        dh = dh_out + carry[0]
+        dc = dh * dc_dh_t + carry[1]
+        dz = tf.concat([dc, dc, dc, dh], 1) * dz_d_t
+        return tf.matmul(dz, rk_t), dc * f_t, dz
+
+    zeros = tf.zeros_like(dhs[0])
+    _, _, dzs = tf.scan(back, (dhs, dc_dh, dz_d, f), initializer=(zeros, zeros, tf.zeros_like(dz_d[0])),
+                        reverse=True)
+    return dzs
 
 
 def gru_sequence(x: Any, kernel: Any, recurrent_kernel: Any, bias: Any, reset_after: bool = True) -> Any:
@@ -316,11 +330,12 @@ def supports(model: Any) -> bool:
             and len(weights) == len(model.trainable_variables) and weights[0] is layers[0].embeddings)
 
 
-def make_forward(model: Any) -> Callable[..., Any]:
+def make_forward(model: Any, native_ops: Any = None) -> Callable[..., Any]:
     """`forward(ids, training, distinct=None, keep=None) -> outputs` for a model that `supports` accepts:
     the same layers and weights; the embedding as a gather; plain LSTM/GRU layers through the fused loops
-    (fused with the embedding into embedding_projection when `distinct` = (rows, slots) is given); Dropout
-    from the boolean `keep` masks when given (training); every other layer called as itself."""
+    (fused with the embedding into embedding_projection when `distinct` = (rows, slots) is given, the
+    LSTM's backward loop then through `native_ops` if given); Dropout from the boolean `keep` masks when
+    given (training); every other layer called as itself."""
     import keras
     import tensorflow as tf
 
@@ -337,7 +352,8 @@ def make_forward(model: Any) -> Callable[..., Any]:
             return gru_sequence(x, kernel, recurrent_kernel, bias, cell.reset_after)
         table = embedding.embeddings.value
         if is_lstm:
-            hs = lstm_recurrence(embedding_projection(table, ids, *distinct, kernel), recurrent_kernel, bias)
+            hs = lstm_recurrence(embedding_projection(table, ids, *distinct, kernel), recurrent_kernel, bias,
+                                 native_ops)
         else:
             xw = embedding_projection(table, ids, *distinct, kernel, gru_biases(bias, cell.reset_after)[0])
             hs = gru_recurrence(xw, recurrent_kernel, bias, cell.reset_after)
@@ -375,9 +391,10 @@ class ExactAdam:
     per-row sums live in a compact array and are gathered inside XLA's fused update passes. Dense gradients
     go through TensorFlow's fused Adam kernel, which computes the same three lines.
 
-    `apply` updates every variable and counts the step. FastTrainer splits it: `apply_sparse` inside XLA,
-    `apply_dense` outside, `count_step` after both. For the lab's model XLA took 0.44 s to compile all the
-    updates and takes 0.19 s for the table's alone; the fused kernel needs no compilation.
+    `apply` updates every variable and counts the step. FastTrainer splits it: `apply_sparse_native` (or
+    `apply_sparse` inside XLA), `apply_dense` beside it, `count_step` after both. For the lab's model XLA
+    took 0.44 s to compile all the updates and takes 0.19 s for the table's alone; the fused kernel needs
+    no compilation.
 
     `lazy=True` is not Keras' Adam: an IndexedSlices variable's rows outside the gradient keep their weights
     and moments that step (the rows-touched-only Adam of TensorFlow Addons' LazyAdam and PyTorch's
@@ -412,12 +429,18 @@ class ExactAdam:
         local_step = tf.cast(self.iterations + 1, tf.float32)
         return tuple(tf.pow(tf.cast(beta, tf.float32), local_step) for beta in (self.beta_1, self.beta_2))
 
+    def _alpha(self) -> Any:
+        """The step size of this step, bias corrections included, as Keras computes it."""
+        import tensorflow as tf
+
+        beta_1_power, beta_2_power = self._powers()
+        return self.learning_rate * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+
     def apply_sparse(self, grads: Sequence[tuple[int, Any]]) -> list[Any]:
         """Update the variables at the given indices from IndexedSlices gradients; returns the update ops."""
         import tensorflow as tf
 
-        beta_1_power, beta_2_power = self._powers()
-        alpha = self.learning_rate * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        alpha = self._alpha()
         updates = []
         for index, grad in grads:
             variable, m, v = self.variables[index], self.m[index], self.v[index]
@@ -443,6 +466,15 @@ class ExactAdam:
         w_rows = tf.gather(variable, ids) - (m_rows * alpha) / (tf.sqrt(v_rows) + self.epsilon)
         return [tf.raw_ops.ResourceScatterUpdate(resource=target.handle, indices=ids, updates=rows)
                 for target, rows in ((m, m_rows), (v, v_rows), (variable, w_rows))]
+
+    def apply_sparse_native(self, ops: Any, index: int, indices: Any, parts: Sequence[Any]) -> Any:
+        """apply_sparse's exact update of the variable at `index` through the native ExactSparseAdam op
+        (stages/native_ops.cc: one pass on all threads) from gradient rows `parts` (concatenated) at
+        `indices`; returns the op."""
+        variable, m, v = self.variables[index], self.m[index], self.v[index]
+        return ops.exact_sparse_adam(variable.handle, m.handle, v.handle, self._alpha(), indices, list(parts),
+                                     one_minus_beta_1=1 - self.beta_1, one_minus_beta_2=1 - self.beta_2,
+                                     epsilon=self.epsilon)
 
     def apply_dense(self, grads: Sequence[tuple[int, Any]]) -> list[Any]:
         """Update the variables at the given indices from dense gradients; returns the update ops."""
@@ -561,22 +593,30 @@ def distinct_size(plans: Sequence[EpochPlan], limit: int) -> int:
 class FastTrainer:
     """`run_epoch(plan, size)`: every step of a plan inside one TensorFlow graph loop (a Python call per
     step would cost about a millisecond); per step, the gradients of each part in its own XLA computation
-    (TensorFlow runs them at once), summed, then ExactAdam: the table's update as one more XLA computation,
-    the other weights' beside it. `eval_step(ids, labels, weights)`:
-    the forward pass in a plain graph. Both return the weighted sums of the per-sample losses and hits."""
+    (TensorFlow runs them at once), summed, then ExactAdam: the table's update through the native op
+    (`native=True` and the ops build; not with `lazy_adam`) or as one more XLA computation, the other
+    weights' beside it. With `native=True` the LSTM's backward loop inside the gradients' XLA computation is
+    the native op too. `eval_step(ids, labels, weights)`: the forward pass in a plain graph. Both return the
+    weighted sums of the per-sample losses and hits."""
 
-    def __init__(self, model: Any, learning_rate: float, lazy_adam: bool = False) -> None:
+    def __init__(self, model: Any, learning_rate: float, lazy_adam: bool = False, native: bool = True) -> None:
         import tensorflow as tf
+
+        from stages import native_ops
 
         if not supports(model):
             raise ValueError("fast training needs Embedding -> plain LSTM/GRU -> layers without other state")
-        self.forward = make_forward(model)
+        self.native_ops = native_ops.load() if native else None
+        self.forward = make_forward(model, self.native_ops)
         self.weights = model.trainable_variables
         self.table_shape = tuple(self.weights[0].shape)
         self.optimizer = ExactAdam(self.weights, learning_rate, lazy=lazy_adam)
         # autograph off: nothing here branches on tensors, and tracing Keras layers through it costs a second
         self.gradients = tf.function(self._gradients, jit_compile=True, autograph=False)
-        self.update_table = tf.function(self._update_table, jit_compile=True, autograph=False)
+        if self.native_ops is not None and not lazy_adam:
+            self.update_table = self._update_table_natively
+        else:
+            self.update_table = tf.function(self._update_table, jit_compile=True, autograph=False)
         self.epoch = tf.function(self._epoch, autograph=False)
         self.eval_step = tf.function(self._eval_step, autograph=False)
 
@@ -614,6 +654,9 @@ class FastTrainer:
         table = tf.IndexedSlices(tf.concat(part_rows, 0), positions, tf.constant(self.table_shape, positions.dtype))
         with tf.control_dependencies(self.optimizer.apply_sparse([(0, table)])):
             return tf.constant(True)  # an output for the step to wait on: the update is done when it exists
+
+    def _update_table_natively(self, positions, *part_rows):
+        return self.optimizer.apply_sparse_native(self.native_ops, 0, positions, part_rows)
 
     def _step(self, parts):
         """One batch: returns its loss and hit sums once the weights are updated."""

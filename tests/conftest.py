@@ -1,5 +1,5 @@
-"""Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py), and a private XLA
-compilation cache for the session."""
+"""Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py), and private caches
+(XLA's compiled programs, the native ops' build) for the session."""
 from __future__ import annotations
 
 import hashlib
@@ -18,16 +18,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The tests' XLA compilation cache (for the training stages they run, and their subprocesses): a folder
-    of this session, not the user's ~/.cache."""
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("xla_cache"))
+def private_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' XLA compilation cache and native-ops build (stages/native_ops.py, via XDG_CACHE_HOME), for
+    the training stages they run and their subprocesses: folders of this session, not the user's ~/.cache."""
+    settings = {CACHE_ENV: str(tmp_path_factory.mktemp("xla_cache")),
+                "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("user_cache"))}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield
-    if before is None:
-        os.environ.pop(CACHE_ENV)
-    else:
-        os.environ[CACHE_ENV] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,13 @@ def test_fused_trainer_with_lazy_adam_leaves_rows_outside_the_batch_alone() -> N
     assert (np.abs(tables[True][2] - tables[True][1]).max(axis=1)[second_batch_rows] > 1e-4).all()
 
 
+def native_ops_built() -> bool:
+    """Whether the native ops load here; with a C++ compiler they must (tests/test_native_ops.py)."""
+    from stages import native_ops
+
+    return native_ops.load() is not None
+
+
 def tiny_data(n: int, seed: int = 4) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     # no token 0: long runs of one token give exactly tied max-pool states, whose gradient split is arbitrary
@@ -173,10 +180,12 @@ def tiny_model(cell: str, model_params: ModelParams = TINY):
     return build_model(cell, NUM_WORDS, MAXLEN, N_CLASSES, model_params)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native_adam", "xla_adam"])
 @pytest.mark.parametrize("cell, batch_size", [("lstm", 4), ("gru", 4), ("lstm", 5)])
-def test_fused_epoch_matches_model_fit(cell: str, batch_size: int) -> None:
+def test_fused_epoch_matches_model_fit(cell: str, batch_size: int, native: bool) -> None:
     """Same start, same batches (no shuffle, dropout 0): model.fit and the fused trainer end at the same
-    weights, up to float rounding. batch_size 5 runs unsplit and fills up its last batch with weight-0 rows."""
+    weights, up to float rounding. batch_size 5 runs unsplit and fills up its last batch with weight-0 rows.
+    Both ways of updating the table: the native op (stages/native_ops.cc) and XLA."""
     import keras
 
     x, y = tiny_data(13)
@@ -184,7 +193,8 @@ def test_fused_epoch_matches_model_fit(cell: str, batch_size: int) -> None:
     plain.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     plain.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     fused = tiny_model(cell)
-    trainer = fast_training.FastTrainer(fused, 0.01)
+    trainer = fast_training.FastTrainer(fused, 0.01, native=native)
+    assert (trainer.native_ops is not None) == (native and native_ops_built())
     dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fast_training.dropout_layers(fused)]
     plan = fast_training.epoch_plan(x, y, batch_size, seed=0, epoch=0, dropout=dropout, shuffle=False)
     assert plan.ids.shape[:2] == (-(-13 // batch_size), fast_training.split_count(batch_size))
