@@ -1,5 +1,6 @@
-"""stages/native_ops: the C++ ExactSparseAdam op computes ExactAdam's update, rejects bad input, and the
-library falls back to XLA, with a notice, when it cannot be built."""
+"""stages/native_ops: the C++ ops compute what the XLA code computes (ExactSparseAdam: ExactAdam's update;
+LstmBackwardLoop: the LSTM's backward loop, also inside XLA), reject bad input, and the library is built
+once per cache folder and falls back to XLA, with a notice, when it cannot be built."""
 from __future__ import annotations
 
 import os
