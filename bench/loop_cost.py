@@ -7,10 +7,11 @@ Each step of the fused trainer runs, per half batch (16 rows with the lab's batc
 backward loop of `steps` iterations; the two halves run at once, one per core. This times those loops with
 one TensorFlow thread, next to what bounds them: an XLA loop doing almost nothing (the dispatch cost of an
 iteration) and loops doing only the recurrent matmul of each direction (and the slice or tile that feeds its
-result back); then the LSTM's backward loop alone, as XLA's loop and as the native op that the fused trainer
-calls inside its XLA program (stages/native_ops.cc; skipped where it cannot be built). The other loops are
-XLA's, as the fallback runs them. It prints microseconds per iteration (best of `repeats`) and writes them as
-JSON. No data needed: the inputs are random.
+result back); then each of the LSTM's loops alone, as XLA's loop and as the native op that the fused trainer
+calls inside its XLA program (stages/native_ops.cc), and both native loops with the bulk work between them
+(the native cases are skipped where the ops cannot be built). The other loops are XLA's, as the fallback runs
+them. It prints microseconds per iteration (best of `repeats`) and writes them as JSON. No data needed: the
+inputs are random.
 
 `--cpp` adds, in the same run, the LSTM loops written as plain C++ with no dispatch at all (bench/lstm_loop.cc,
 Eigen from TensorFlow's headers, built here with g++ -O3 -march=native): what a custom kernel could gain.
@@ -74,7 +75,12 @@ def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, A
 
     from bench.train_speed import configure_threads
     from stages import native_ops
-    from stages.fast_training import gru_recurrence, lstm_backward_loop, lstm_recurrence
+    from stages.fast_training import (
+        gru_recurrence,
+        lstm_backward_loop,
+        lstm_forward_loop,
+        lstm_recurrence,
+    )
 
     configure_threads(1)
     rng = np.random.default_rng(0)
@@ -100,17 +106,27 @@ def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, A
             lambda xw: gru_recurrence(xw, gru_rk, gru_bias, True), [gru_rk, gru_bias]),
          [normal(steps, rows, 3 * units, scale=0.5)], 2 * steps),
     ]
-    # the LSTM's backward loop alone, on its inputs (dhs, dc_dh, dz_d, forget, kernel): XLA's loop and the
-    # native op (stages/native_ops.cc) as the fused trainer calls it, inside an XLA program
+    # each LSTM loop alone, on its inputs (forward: xw, kernel, bias; backward: dhs, dc_dh, dz_d, forget,
+    # kernel): XLA's loop and the native op (stages/native_ops.cc) as the fused trainer calls it, inside an
+    # XLA program
+    forward_inputs = [normal(steps, rows, 4 * units, scale=0.5), lstm_rk.value(), lstm_bias.value()]
     backward_inputs = [normal(steps, rows, units), normal(steps, rows, units), normal(steps, rows, 4 * units),
                        normal(steps, rows, units), normal(units, 4 * units)]
+    cases.append(("LSTM forward loop alone (XLA)", tf.function(lstm_forward_loop, jit_compile=True),
+                  forward_inputs, steps))
     cases.append(("LSTM backward loop alone (XLA)", tf.function(lstm_backward_loop, jit_compile=True),
                   backward_inputs, steps))
     ops = native_ops.load()
     if ops is not None:
+        cases.append(("LSTM forward loop alone (native op in XLA)",
+                      tf.function(lambda *inputs: ops.lstm_forward_loop(*inputs), jit_compile=True),
+                      forward_inputs, steps))
         cases.append(("LSTM backward loop alone (native op in XLA)",
                       tf.function(lambda *inputs: ops.lstm_backward_loop(*inputs), jit_compile=True),
                       backward_inputs, steps))
+        cases.append(("LSTM forward + backward loops (native ops)", recurrence_gradient(
+            lambda xw: lstm_recurrence(xw, lstm_rk, lstm_bias, ops), [lstm_rk, lstm_bias]),
+            [normal(steps, rows, 4 * units, scale=0.5)], 2 * steps))
     results = []
     for name, function, args, iterations in cases:
         seconds = best_seconds(function, args, repeats)

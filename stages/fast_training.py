@@ -11,8 +11,8 @@ computation differs (float rounding and the dropout masks' random bits do too):
   after the loop), the layout cuDNN uses;
 - a batch's gradient is computed as two halves in two XLA computations that TensorFlow runs at once (one
   per core), then summed. Adam's update of the embedding table is one pass of a C++ op on both cores
-  (stages/native_ops.cc, built on first use, which also holds the LSTM's backward loop as a call inside
-  XLA's computation), or, where it cannot be built, a third XLA computation; the small weights go through
+  (stages/native_ops.cc, built on first use, which also holds the LSTM's two loops as calls inside XLA's
+  computation), or, where it cannot be built, a third XLA computation; the small weights go through
   TensorFlow's fused Adam kernel. Each XLA computation is compiled once: the last, partial batch is filled
   up with weight-0 rows instead of getting a shape of its own. A whole epoch runs as one graph loop over
   the steps, not one Python call per step;
@@ -102,11 +102,12 @@ def _weight_gradient(inputs: Any, grads: Any) -> Any:
                      transpose_a=True)
 
 
-def lstm_sequence(x: Any, kernel: Any, recurrent_kernel: Any, bias: Any) -> Any:
+def lstm_sequence(x: Any, kernel: Any, recurrent_kernel: Any, bias: Any, native_ops: Any = None) -> Any:
     """keras.layers.LSTM(return_sequences=True)(x) for x (B, T, D) -> (B, T, U)."""
     import tensorflow as tf
 
-    return tf.transpose(lstm_recurrence(_time_major_projection(x, kernel), recurrent_kernel, bias), (1, 0, 2))
+    hs = lstm_recurrence(_time_major_projection(x, kernel), recurrent_kernel, bias, native_ops)
+    return tf.transpose(hs, (1, 0, 2))
 
 
 def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any = None) -> Any:
@@ -114,26 +115,13 @@ def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any =
     z = (x@K + h@R) + b, gates i, f, c, o = sigmoid, sigmoid, tanh, sigmoid, c' = f*c + i*g, h' = o*tanh(c').
     The loop keeps only the gates and cells: each operation in a loop body costs a few microseconds of
     dispatch, so the derivative factors are computed after it, for all steps at once. With `native_ops`
-    (stages/native_ops.load()) the backward loop is its C++ op: the same arithmetic, faster (bench/README.md)."""
+    (stages/native_ops.load()) both loops are its C++ ops: the same arithmetic, faster (bench/README.md)."""
     import tensorflow as tf
-
-    units = recurrent_kernel.shape[0]
 
     @tf.custom_gradient
     def recur(xw, rk, b):
-        zeros = tf.zeros((tf.shape(xw)[1], units), xw.dtype)
-
-        def step(carry, xw_t):
-            h, c = carry[0], carry[1]
-            z = xw_t + tf.matmul(h, rk)
-            z = z + b
-            s = tf.sigmoid(z)  # gates i, f, o (the c column's sigmoid is computed and not used: one fused op)
-            i, f, o = s[:, :units], s[:, units:2 * units], s[:, 3 * units:]
-            g = tf.tanh(z[:, 2 * units:3 * units])
-            c_new = f * c + i * g
-            return o * tf.tanh(c_new), c_new, tf.concat([i, f, g, o], 1)
-
-        hs, cs, gates = tf.scan(step, xw, initializer=(zeros, zeros, tf.zeros_like(xw[0])))
+        loop = lstm_forward_loop if native_ops is None else native_ops.lstm_forward_loop
+        hs, cs, gates = loop(xw, rk, b)
 
         def grad(dhs):
             i, f, g, o = tf.split(gates, 4, axis=2)
@@ -141,13 +129,34 @@ def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any =
             dc_dh = o * (1 - tc * tc)
             # d z / d c for gates i, f, c and d z / d h for gate o, per step
             dz_d = tf.concat([g * i * (1 - i), _previous(cs) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 2)
-            loop = lstm_backward_loop if native_ops is None else native_ops.lstm_backward_loop
-            dzs = loop(dhs, dc_dh, dz_d, f, rk)
+            back = lstm_backward_loop if native_ops is None else native_ops.lstm_backward_loop
+            dzs = back(dhs, dc_dh, dz_d, f, rk)
             return dzs, _weight_gradient(_previous(hs), dzs), tf.reduce_sum(dzs, (0, 1))
 
         return hs, grad
 
     return recur(xw, recurrent_kernel, bias)
+
+
+def lstm_forward_loop(xw: Any, recurrent_kernel: Any, bias: Any) -> tuple[Any, Any, Any]:
+    """lstm_recurrence's forward loop (XLA): the states hs and cells cs (T, B, U) and the gates [i, f, g, o]
+    (T, B, 4U) from the input projection xw (T, B, 4U); stages/native_ops.cc has the same loop in C++."""
+    import tensorflow as tf
+
+    units = recurrent_kernel.shape[0]
+    zeros = tf.zeros((tf.shape(xw)[1], units), xw.dtype)
+
+    def step(carry, xw_t):
+        h, c = carry[0], carry[1]
+        z = xw_t + tf.matmul(h, recurrent_kernel)
+        z = z + bias
+        s = tf.sigmoid(z)  # gates i, f, o (the c column's sigmoid is computed and not used: one fused op)
+        i, f, o = s[:, :units], s[:, units:2 * units], s[:, 3 * units:]
+        g = tf.tanh(z[:, 2 * units:3 * units])
+        c_new = f * c + i * g
+        return o * tf.tanh(c_new), c_new, tf.concat([i, f, g, o], 1)
+
+    return tf.scan(step, xw, initializer=(zeros, zeros, tf.zeros_like(xw[0])))
 
 
 def lstm_backward_loop(dhs: Any, dc_dh: Any, dz_d: Any, f: Any, recurrent_kernel: Any) -> Any:
@@ -333,9 +342,9 @@ def supports(model: Any) -> bool:
 def make_forward(model: Any, native_ops: Any = None) -> Callable[..., Any]:
     """`forward(ids, training, distinct=None, keep=None) -> outputs` for a model that `supports` accepts:
     the same layers and weights; the embedding as a gather; plain LSTM/GRU layers through the fused loops
-    (fused with the embedding into embedding_projection when `distinct` = (rows, slots) is given, the
-    LSTM's backward loop then through `native_ops` if given); Dropout from the boolean `keep` masks when
-    given (training); every other layer called as itself."""
+    (fused with the embedding into embedding_projection when `distinct` = (rows, slots) is given; the
+    LSTM's loops through `native_ops` if given); Dropout from the boolean `keep` masks when given
+    (training); every other layer called as itself."""
     import keras
     import tensorflow as tf
 
@@ -348,7 +357,7 @@ def make_forward(model: Any, native_ops: Any = None) -> Callable[..., Any]:
         is_lstm = isinstance(layer, keras.layers.LSTM)
         if distinct is None:
             if is_lstm:
-                return lstm_sequence(x, kernel, recurrent_kernel, bias)
+                return lstm_sequence(x, kernel, recurrent_kernel, bias, native_ops)
             return gru_sequence(x, kernel, recurrent_kernel, bias, cell.reset_after)
         table = embedding.embeddings.value
         if is_lstm:
@@ -595,8 +604,8 @@ class FastTrainer:
     step would cost about a millisecond); per step, the gradients of each part in its own XLA computation
     (TensorFlow runs them at once), summed, then ExactAdam: the table's update through the native op
     (`native=True` and the ops build; not with `lazy_adam`) or as one more XLA computation, the other
-    weights' beside it. With `native=True` the LSTM's backward loop inside the gradients' XLA computation is
-    the native op too. `eval_step(ids, labels, weights)`: the forward pass in a plain graph. Both return the
+    weights' beside it. With `native=True` the LSTM's loops are native ops too, inside the gradients' XLA
+    computation and in `eval_step(ids, labels, weights)`, the forward pass in a plain graph. Both return the
     weighted sums of the per-sample losses and hits."""
 
     def __init__(self, model: Any, learning_rate: float, lazy_adam: bool = False, native: bool = True) -> None:

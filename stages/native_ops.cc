@@ -13,19 +13,22 @@
 // The sums run in occurrence order and each row's update is independent of the others: the same inputs
 // give the same bits whatever the thread count.
 //
-// LstmBackwardLoop: the LSTM's backward loop of fast_training.lstm_recurrence, for use inside its XLA
-// program: XLA lowers the op to a call of this code (an XLA FFI custom call), where XLA's own loop
-// dispatches a small matmul and a few element-wise kernels per step. Per step t, from the last:
+// LstmForwardLoop and LstmBackwardLoop: the LSTM's two loops of fast_training.lstm_recurrence, for use inside
+// its XLA program: XLA lowers each op to a call of this code (an XLA FFI custom call), where XLA's own loop
+// dispatches a small matmul and a few element-wise kernels per step, and compiles a while loop of them.
+// Outside XLA (the validation pass) the forward loop runs as a CPU kernel, its rows split over TensorFlow's
+// threads. The forward loop is described below, before its code. The backward loop, per step t, from the last:
 //
 //   dh = d_hs[t] + dh_carry;  dc = dh * dc_dh[t] + dc_carry
 //   dzs[t] = [dc * dz_d[t][i], dc * dz_d[t][f], dc * dz_d[t][c], dh * dz_d[t][o]]   (gate blocks of U)
 //   dh_carry = dzs[t] @ R^T;  dc_carry = dc * forget[t]
 //
-// The matmul sums over the gates in order, as XLA's dot does on this project's machine: there the results
-// were XLA's loop's bit for bit, and the lab's metrics did not change (tests/test_native_ops.py holds them
-// to float rounding, which is what another CPU may give).
+// The matmuls sum in order (over the gates here, over the units in the forward loop), as XLA's dot does on
+// this project's machine: there both loops gave XLA's loops' results bit for bit, and the lab's training did
+// not change (tests/test_native_ops.py holds them to float rounding, which is what another CPU may give).
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -127,6 +130,168 @@ void LstmBackward(int64_t steps, int64_t rows, int64_t units, const float* d_hs,
   }
 }
 
+// --- the LSTM's forward loop ---------------------------------------------------------------------------
+// Per step, as fast_training.lstm_recurrence's XLA loop computes it (Keras' arithmetic):
+//
+//   z = (xw[t] + h @ R) + b;  i, f, o = sigmoid(z[i], z[f], z[o]);  g = tanh(z[c])
+//   c' = f * c + i * g;  h' = o * tanh(c')   ->  hs[t] = h', cs[t] = c', gates[t] = [i, f, g, o]
+//
+// sigmoid and tanh are XLA:CPU's own approximations, operation for operation (its exp: a Cephes polynomial,
+// sigmoid(x) = 1 / (exp(-x) + 1); its tanh: a rational polynomial on x clamped to +-7.9988), written on whole
+// vectors: written on scalars, the compiler specialised the clamped branch and folded its polynomial into
+// constants without fused multiply-adds, one or two ulps off XLA's result. The compiler fuses multiply-adds
+// where LLVM does for XLA; on this project's machine the loop gave XLA's loop's results bit for bit.
+
+typedef int32_t IntVector __attribute__((vector_size(64)));
+
+inline Vector Splat(float x) { return Vector{} + x; }
+
+inline Vector Clamp(Vector x, float limit) {
+  x = x < -limit ? Splat(-limit) : x;
+  return x > limit ? Splat(limit) : x;
+}
+
+inline Vector Exp(Vector x) {
+  x = x < -0x1.5f3334p+6f ? Splat(-0x1.5f3334p+6f) : x;  // -87.8 and 88.8: keeps 2^n a normal float
+  x = x > 0x1.633334p+6f ? Splat(0x1.633334p+6f) : x;
+  const Vector t = x * 0x1.715476p+0f + 0.5f;  // x * log2(e) + 1/2, whose floor is n (|t| < 2^23: exact)
+  const Vector truncated = __builtin_convertvector(__builtin_convertvector(t, IntVector), Vector);
+  const Vector n = Clamp(t < truncated ? truncated - 1.0f : truncated, 127.0f);
+  Vector r = x - 0x1.63p-1f * n;  // x - n ln 2, in two parts
+  r = r - -0x1.bd0106p-13f * n;
+  Vector p = r * 0x1.a0d2cep-13f + 0x1.6e879cp-10f;
+  p = p * r + 0x1.11121p-7f;
+  p = p * r + 0x1.555382p-5f;
+  p = p * r + 0x1.555554p-3f;
+  p = p * r + 0.5f;
+  const Vector y = 1.0f + (p * (r * r) + r);
+  const IntVector exponent = (__builtin_convertvector(n, IntVector) + 127) << 23;
+  Vector scale;
+  __builtin_memcpy(&scale, &exponent, sizeof(scale));
+  return y * scale;
+}
+
+inline Vector Sigmoid(Vector x) { return 1.0f / (Exp(-x) + 1.0f); }
+
+inline Vector Tanh(Vector x) {
+  const IntVector sign_mask = IntVector{} + 0x7fffffff;
+  IntVector bits;
+  __builtin_memcpy(&bits, &x, sizeof(bits));
+  bits &= sign_mask;
+  Vector magnitude;
+  __builtin_memcpy(&magnitude, &bits, sizeof(magnitude));
+  const Vector c = Clamp(x, 0x1.ffec88p+2f), c2 = c * c;
+  Vector p = c2 * -0x1.3e4b8p-52f + 0x1.c266fcp-43f;
+  p = c2 * p + -0x1.7a6ffep-34f;
+  p = c2 * p + 0x1.b80082p-25f;
+  p = c2 * p + 0x1.f28694p-17f;
+  p = c2 * p + 0x1.4e1bdap-11f;
+  p = c2 * p + 0x1.40b3b8p-8f;
+  p = c * p;
+  Vector q = c2 * 0x1.41a7bp-20f + 0x1.f12bacp-14f;
+  q = c2 * q + 0x1.29540ap-9f;
+  q = c2 * q + 0x1.40b3bap-8f;
+  const Vector r = magnitude < 0x1.a36e2ep-12f ? x : p / q;  // tanh(x) = x to float precision below 4e-4
+  return magnitude >= 20.0f ? (x < 0.0f ? Splat(-1.0f) : Splat(1.0f)) : r;
+}
+
+constexpr int kColumnBlock = 6;  // vectors of output columns per pass: 2 rows x 6 = 12 accumulators
+
+// Output vectors [v0, v0 + kCount) of rows h0 and h1 (the same row when there is only one left).
+template <int kCount>
+inline void ForwardMatmulBlock(const float* h0, const float* h1, const float* r, float* out0, float* out1,
+                               int64_t units, int64_t width, int64_t v0) {
+  Vector a0[kCount] = {}, a1[kCount] = {};
+  for (int64_t k = 0; k < units; ++k) {
+    const float* w = r + k * width + v0 * kLanes;
+    for (int b = 0; b < kCount; ++b) {
+      const Vector x = Load(w + b * kLanes);
+      a0[b] += h0[k] * x;
+      a1[b] += h1[k] * x;
+    }
+  }
+  for (int b = 0; b < kCount; ++b) {
+    Store(out0 + (v0 + b) * kLanes, a0[b]);
+    Store(out1 + (v0 + b) * kLanes, a1[b]);
+  }
+}
+
+// out (rows, width) = h (rows, units) @ r (units, width), width a multiple of 16; each output sums over the
+// units in order. The blocks have a fixed size, so that their accumulators stay in registers.
+void ForwardMatmul(const float* h, const float* r, float* out, int64_t rows, int64_t units, int64_t width) {
+  const int64_t vectors = width / kLanes;
+  for (int64_t i = 0; i < rows; i += 2) {
+    const int64_t next = i + 1 < rows ? i + 1 : i;
+    const float *h0 = h + i * units, *h1 = h + next * units;
+    float *out0 = out + i * width, *out1 = out + next * width;
+    int64_t v0 = 0;
+    for (; v0 + kColumnBlock <= vectors; v0 += kColumnBlock) {
+      ForwardMatmulBlock<kColumnBlock>(h0, h1, r, out0, out1, units, width, v0);
+    }
+    for (; v0 < vectors; ++v0) ForwardMatmulBlock<1>(h0, h1, r, out0, out1, units, width, v0);
+  }
+}
+
+// One block of 16 units of a row's gates and states, from its z (4 units, the bias added) and its previous
+// cell c. Element-wise: a block may overlap the one before it, which it then writes again with the same values.
+inline void LstmCellBlock(const float* z, const float* c, int64_t units, int64_t u, float* gates, float* c_new,
+                          float* h_new) {
+  const Vector i = Sigmoid(Load(z + u)), f = Sigmoid(Load(z + units + u));
+  const Vector g = Tanh(Load(z + 2 * units + u)), o = Sigmoid(Load(z + 3 * units + u));
+  const Vector cell = f * Load(c + u) + i * g;
+  Store(gates + u, i);
+  Store(gates + units + u, f);
+  Store(gates + 2 * units + u, g);
+  Store(gates + 3 * units + u, o);
+  Store(c_new + u, cell);
+  Store(h_new + u, o * Tanh(cell));
+}
+
+// A row's gates and states: whole vectors, the last one ending at the last unit (fewer than 16 units: copied
+// through a vector of 16, see LstmForward).
+void LstmCell(const float* z, const float* c, int64_t units, float* gates, float* c_new, float* h_new) {
+  for (int64_t u = 0; u < units; u += kLanes) {
+    LstmCellBlock(z, c, units, std::min(u, units - kLanes), gates, c_new, h_new);
+  }
+}
+
+// The same for fewer than 16 units, through buffers of 16 per gate.
+void SmallLstmCell(const float* z, const float* c, int64_t units, float* gates, float* c_new, float* h_new) {
+  float z16[4 * kLanes] = {}, c16[kLanes] = {}, gates16[4 * kLanes], c_new16[kLanes], h_new16[kLanes];
+  for (int j = 0; j < 4; ++j) std::copy(z + j * units, z + (j + 1) * units, z16 + j * kLanes);
+  std::copy(c, c + units, c16);
+  LstmCellBlock(z16, c16, kLanes, 0, gates16, c_new16, h_new16);
+  for (int j = 0; j < 4; ++j) std::copy(gates16 + j * kLanes, gates16 + j * kLanes + units, gates + j * units);
+  std::copy(c_new16, c_new16 + units, c_new);
+  std::copy(h_new16, h_new16 + units, h_new);
+}
+
+// xw, gates (steps, rows, 4 units), hs, cs (steps, rows, units), r (units, 4 units), b (4 units); row-major.
+// Rows [begin, end) only: the rows of a batch are independent, so parts of them can run on several threads.
+void LstmForward(int64_t steps, int64_t rows, int64_t units, const float* xw, const float* r, const float* b,
+                 float* hs, float* cs, float* gates, int64_t begin, int64_t end) {
+  const int64_t width = 4 * units, padded = (width + kLanes - 1) / kLanes * kLanes, n = rows * units;
+  const int64_t count = end - begin;
+  std::vector<float> scratch(units * padded + count * padded + 2 * count * units, 0.0f);
+  float* r_padded = scratch.data();  // r with zero columns up to a multiple of 16
+  float* z = r_padded + units * padded;
+  float* zeros = z + count * padded;  // h and c before the first step
+  for (int64_t k = 0; k < units; ++k) std::copy(r + k * width, r + (k + 1) * width, r_padded + k * padded);
+  for (int64_t t = 0; t < steps; ++t) {
+    const float* h = t ? hs + (t - 1) * n + begin * units : zeros;
+    const float* c = t ? cs + (t - 1) * n + begin * units : zeros + count * units;
+    ForwardMatmul(h, r_padded, z, count, units, padded);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t row = begin + i;
+      float* zi = z + i * padded;
+      const float* x = xw + (t * rows + row) * width;
+      for (int64_t j = 0; j < width; ++j) zi[j] = (x[j] + zi[j]) + b[j];
+      (units >= kLanes ? LstmCell : SmallLstmCell)(zi, c + i * units, units, gates + (t * rows + row) * width,
+                                                   cs + t * n + row * units, hs + t * n + row * units);
+    }
+  }
+}
+
 namespace ffi = ::xla::ffi;
 
 ffi::Error LstmBackwardFfi(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dc_dh, ffi::Buffer<ffi::F32> dz_d,
@@ -135,6 +300,17 @@ ffi::Error LstmBackwardFfi(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dc_
   const auto dims = d_hs.dimensions();
   LstmBackward(dims[0], dims[1], dims[2], d_hs.typed_data(), dc_dh.typed_data(), dz_d.typed_data(),
                forget.typed_data(), recurrent_kernel.typed_data(), dzs->typed_data());
+  return ffi::Error::Success();
+}
+
+
+ffi::Error LstmForwardFfi(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurrent_kernel,
+                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
+                          ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> gates) {
+  const auto dims = hs->dimensions();
+  // one thread: in training each half batch's XLA program already has a core of its own
+  LstmForward(dims[0], dims[1], dims[2], xw.typed_data(), recurrent_kernel.typed_data(), bias.typed_data(),
+              hs->typed_data(), cs->typed_data(), gates->typed_data(), 0, dims[1]);
   return ffi::Error::Success();
 }
 
@@ -149,6 +325,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmVsGruLstmBackward, lstm_vs_gru::LstmBackwardFf
                                   .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
                                   .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>());
 XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "lstm_vs_gru_lstm_backward", "Host", LstmVsGruLstmBackward);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmVsGruLstmForward, lstm_vs_gru::LstmForwardFfi,
+                              ::xla::ffi::Ffi::Bind()
+                                  .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
+                                  .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
+                                  .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
+                                  .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>()
+                                  .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>()
+                                  .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>());
+XLA_FFI_REGISTER_HANDLER(::xla::ffi::GetXlaFfiApi(), "lstm_vs_gru_lstm_forward", "Host", LstmVsGruLstmForward);
 
 namespace tensorflow {
 namespace {
@@ -361,6 +547,88 @@ class LstmBackwardLoopXla : public XlaOpKernel {
 // Registered on XLA's CPU compilation device directly, not through REGISTER_XLA_OP: XLA turns those into
 // kernels once, when it first starts, so a library loaded after that would not be seen.
 REGISTER_KERNEL_BUILDER(Name("LstmBackwardLoop").Device(DEVICE_CPU_XLA_JIT), LstmBackwardLoopXla);
+
+
+REGISTER_OP("LstmForwardLoop")
+    .Input("xw: float")
+    .Input("recurrent_kernel: float")
+    .Input("bias: float")
+    .Output("hs: float")
+    .Output("cs: float")
+    .Output("gates: float")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      shape_inference::ShapeHandle xw, kernel, bias, states;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &xw));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &bias));
+      TF_RETURN_IF_ERROR(c->ReplaceDim(xw, 2, c->Dim(kernel, 0), &states));
+      c->set_output(0, states);
+      c->set_output(1, states);
+      c->set_output(2, xw);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+The LSTM's forward loop from the input projection xw (steps, rows, 4 units), the recurrent kernel (units,
+4 units) and the bias (4 units): the states hs and cells cs (steps, rows, units) and the gates [i, f, g, o]
+(steps, rows, 4 units). See stages/native_ops.cc.
+)doc");
+
+absl::Status CheckForwardShapes(const TensorShape& xw, const TensorShape& kernel, const TensorShape& bias) {
+  const bool fits = xw.dims() == 3 && kernel.dims() == 2 && bias.dims() == 1 &&
+                    kernel.dim_size(1) == 4 * kernel.dim_size(0) && xw.dim_size(2) == kernel.dim_size(1) &&
+                    bias.dim_size(0) == kernel.dim_size(1);
+  if (fits) return absl::OkStatus();
+  return errors::InvalidArgument("LstmForwardLoop: inconsistent shapes ", xw.DebugString(), " ",
+                                 kernel.DebugString(), " ", bias.DebugString());
+}
+
+class LstmForwardLoopOp : public OpKernel {
+ public:
+  explicit LstmForwardLoopOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& xw = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckForwardShapes(xw.shape(), ctx->input(1).shape(), ctx->input(2).shape()));
+    const int64_t units = ctx->input(1).dim_size(0);
+    const TensorShape states({xw.dim_size(0), xw.dim_size(1), units});
+    Tensor *hs = nullptr, *cs = nullptr, *gates = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, states, &hs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, states, &cs));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, xw.shape(), &gates));
+    const int64_t steps = xw.dim_size(0), rows = xw.dim_size(1);
+    const float *x = xw.flat<float>().data(), *r = ctx->input(1).flat<float>().data();
+    const float* b = ctx->input(2).flat<float>().data();
+    float *h = hs->flat<float>().data(), *c = cs->flat<float>().data(), *g = gates->flat<float>().data();
+    // outside XLA (the validation pass's larger batches) the rows are split over TensorFlow's threads
+    auto run_rows = [=](int64_t begin, int64_t end) {
+      lstm_vs_gru::LstmForward(steps, rows, units, x, r, b, h, c, g, begin, end);
+    };
+    const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    Shard(threads->num_threads, threads->workers, rows, steps * units * 40 * units, run_rows);
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("LstmForwardLoop").Device(DEVICE_CPU), LstmForwardLoopOp);
+
+class LstmForwardLoopXla : public XlaOpKernel {
+ public:
+  explicit LstmForwardLoopXla(OpKernelConstruction* ctx) : XlaOpKernel(ctx) {}
+
+  void Compile(XlaOpKernelContext* ctx) override {
+    const TensorShape xw = ctx->InputShape(0);
+    OP_REQUIRES_OK(ctx, CheckForwardShapes(xw, ctx->InputShape(1), ctx->InputShape(2)));
+    const int64_t units = ctx->InputShape(1).dim_size(0);
+    const xla::Shape states = xla::ShapeUtil::MakeShape(xla::F32, {xw.dim_size(0), xw.dim_size(1), units});
+    const xla::Shape gates = xla::ShapeUtil::MakeShape(xla::F32, {xw.dim_size(0), xw.dim_size(1), 4 * units});
+    const xla::XlaOp call = xla::CustomCall(
+        ctx->builder(), "lstm_vs_gru_lstm_forward", {ctx->Input(0), ctx->Input(1), ctx->Input(2)},
+        xla::ShapeUtil::MakeTupleShape({states, states, gates}), "", /*has_side_effect=*/false, {}, nullptr,
+        xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+    for (int i = 0; i < 3; ++i) ctx->SetOutput(i, xla::GetTupleElement(call, i));
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("LstmForwardLoop").Device(DEVICE_CPU_XLA_JIT), LstmForwardLoopXla);
 
 }  // namespace
 }  // namespace tensorflow

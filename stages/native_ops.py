@@ -1,14 +1,14 @@
 """The fused trainer's C++ TensorFlow ops (stages/native_ops.cc), built on first use against the installed
 TensorFlow with the machine's C++ compiler and kept in the user's cache folder.
 
-`load()` returns the loaded op module (`tf.load_op_library`: `exact_sparse_adam`, `lstm_backward_loop`), or
-None, in which case the trainer keeps its XLA code: when $LSTM_VS_GRU_NATIVE is "off", or, with a one-line
-notice on stderr, when no compiler can build the library (about 40 s, once per machine and TensorFlow: most
-of it is parsing TensorFlow's and XLA's headers) or TensorFlow cannot load it. The library is
-built for this CPU (-march=native) and keyed by the source, the compiler, its flags, TensorFlow and the CPU's
+`load()` returns the loaded op module (`tf.load_op_library`: `exact_sparse_adam`, `lstm_forward_loop`,
+`lstm_backward_loop`), or None, in which case the trainer keeps its XLA code: when $LSTM_VS_GRU_NATIVE is
+"off", or, with a one-line notice on stderr, when no compiler can build the library (about 50 s, once per
+machine and TensorFlow: most of it is parsing TensorFlow's and XLA's headers) or TensorFlow cannot load it.
+The library is built for this CPU (-march=native) and keyed by the source, the compiler, its flags, TensorFlow and the CPU's
 features; it goes to $XDG_CACHE_HOME/lstm-vs-gru/native (or ~/.cache/lstm-vs-gru/native), else to a
-temporary folder for the process. The LSTM's backward loop gave XLA's results bit for bit here; Adam's
-update sums in another order, so metrics differ from the XLA path's in the last bits (and then chaotically, as
+temporary folder for the process. The LSTM's loops gave XLA's results bit for bit here; Adam's update
+sums in another order, so metrics differ from the XLA path's in the last bits (and then chaotically, as
 training amplifies them), never between two runs of one.
 """
 from __future__ import annotations

@@ -234,3 +234,62 @@ def test_lstm_backward_loop_rejects_inconsistent_shapes() -> None:
     with pytest.raises(tf.errors.InvalidArgumentError, match="LstmBackwardLoop: inconsistent shapes"):
         compiled = tf.function(lambda *arrays: ops.lstm_backward_loop(*arrays), jit_compile=True)
         compiled(*inputs[:2], inputs[2][:, :, :8], *inputs[3:])
+
+
+def forward_inputs(rng: np.random.Generator, steps: int, rows: int, units: int) -> list:
+    """xw, recurrent kernel and bias at the scale of the lab's (gates that saturate, some clamped tanh inputs)."""
+    import tensorflow as tf
+
+    shapes_and_scales = [((steps, rows, 4 * units), 3.0), ((units, 4 * units), 0.5), ((4 * units,), 0.5)]
+    return [tf.constant(rng.normal(scale=scale, size=shape).astype(np.float32)) for shape, scale in shapes_and_scales]
+
+
+@needs_compiler
+@pytest.mark.parametrize("steps, rows, units", [(100, 16, 50), (5, 21, 13), (3, 3, 7), (4, 5, 16), (6, 7, 37)])
+def test_lstm_forward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> None:
+    """The lab's half batch and sizes that fill no vector, fewer than 16 units, exactly 16, and an odd row
+    count: eagerly and inside XLA the op gives the same bits, and fast_training's XLA loop's values (here, its
+    bits: the op computes XLA's sigmoid and tanh, operation for operation; another CPU's XLA may sum its
+    matmul in another order)."""
+    import tensorflow as tf
+
+    ops = native_ops.load()
+    inputs = forward_inputs(np.random.default_rng(steps), steps, rows, units)
+    eager = [x.numpy() for x in ops.lstm_forward_loop(*inputs)]
+    compiled = tf.function(lambda *arrays: ops.lstm_forward_loop(*arrays), jit_compile=True)
+    hlo = compiled.experimental_get_compiler_ir(*inputs)(stage="hlo")
+    assert "lstm_vs_gru_lstm_forward" in hlo and "while" not in hlo
+    expected = tf.function(fast_training.lstm_forward_loop, jit_compile=True)(*inputs)
+    assert [x.shape for x in eager] == [x.shape for x in expected]
+    assert np.abs(eager[2]).max() > 0.999  # saturated gates: the clamped tanh branch is exercised
+    for got, compiled_got, want in zip(eager, compiled(*inputs), expected):
+        np.testing.assert_array_equal(compiled_got.numpy(), got)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@needs_compiler
+def test_lstm_forward_loop_reads_xla_s_buffers_in_their_layout() -> None:
+    import tensorflow as tf
+
+    ops = native_ops.load()
+    xw, kernel, bias = forward_inputs(np.random.default_rng(3), 6, 17, 20)
+
+    @tf.function(jit_compile=True)
+    def from_transposes(xw_flipped, kernel_flipped):
+        return ops.lstm_forward_loop(tf.transpose(xw_flipped, (1, 0, 2)), tf.transpose(kernel_flipped), bias)
+
+    flipped = from_transposes(tf.transpose(xw, (1, 0, 2)), tf.transpose(kernel))
+    for got, want in zip(flipped, ops.lstm_forward_loop(xw, kernel, bias)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@needs_compiler
+def test_lstm_forward_loop_rejects_inconsistent_shapes() -> None:
+    import tensorflow as tf
+
+    ops = native_ops.load()
+    xw, kernel, bias = forward_inputs(np.random.default_rng(4), 4, 5, 3)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="LstmForwardLoop|shape"):
+        ops.lstm_forward_loop(xw, kernel, bias[:8])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="LstmForwardLoop: inconsistent shapes"):
+        tf.function(lambda *arrays: ops.lstm_forward_loop(*arrays), jit_compile=True)(xw[:, :, :8], kernel, bias)
