@@ -106,12 +106,11 @@ def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, A
             lambda xw: gru_recurrence(xw, gru_rk, gru_bias, True), [gru_rk, gru_bias]),
          [normal(steps, rows, 3 * units, scale=0.5)], 2 * steps),
     ]
-    # each LSTM loop alone, on its inputs (forward: xw, kernel, bias; backward: dhs, dc_dh, dz_d, forget,
-    # kernel): XLA's loop and the native op (stages/native_ops.cc) as the fused trainer calls it, inside an
-    # XLA program
+    # each LSTM loop alone, on its inputs (forward: xw, kernel, bias; backward: dhs, cells, gates, kernel):
+    # XLA's loop and the native op (stages/native_ops.cc) as the fused trainer calls it, inside an XLA program
     forward_inputs = [normal(steps, rows, 4 * units, scale=0.5), lstm_rk.value(), lstm_bias.value()]
-    backward_inputs = [normal(steps, rows, units), normal(steps, rows, units), normal(steps, rows, 4 * units),
-                       normal(steps, rows, units), normal(units, 4 * units)]
+    backward_inputs = [normal(steps, rows, units), normal(steps, rows, units, scale=1.0),
+                       tf.sigmoid(normal(steps, rows, 4 * units, scale=1.0)), normal(units, 4 * units)]
     cases.append(("LSTM forward loop alone (XLA)", tf.function(lstm_forward_loop, jit_compile=True),
                   forward_inputs, steps))
     cases.append(("LSTM backward loop alone (XLA)", tf.function(lstm_backward_loop, jit_compile=True),

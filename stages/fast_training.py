@@ -113,9 +113,9 @@ def lstm_sequence(x: Any, kernel: Any, recurrent_kernel: Any, bias: Any, native_
 def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any = None) -> Any:
     """The LSTM loop on the input projection xw = x @ K (T, B, 4U) -> hs (T, B, U); per step, as Keras:
     z = (x@K + h@R) + b, gates i, f, c, o = sigmoid, sigmoid, tanh, sigmoid, c' = f*c + i*g, h' = o*tanh(c').
-    The loop keeps only the gates and cells: each operation in a loop body costs a few microseconds of
-    dispatch, so the derivative factors are computed after it, for all steps at once. With `native_ops`
-    (stages/native_ops.load()) both loops are its C++ ops: the same arithmetic, faster (bench/README.md)."""
+    The forward loop keeps only the gates and cells; the backward loop derives its factors from them. With
+    `native_ops` (stages/native_ops.load()) both loops are its C++ ops: the same arithmetic, faster
+    (bench/README.md)."""
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -124,13 +124,8 @@ def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any =
         hs, cs, gates = loop(xw, rk, b)
 
         def grad(dhs):
-            i, f, g, o = tf.split(gates, 4, axis=2)
-            tc = tf.tanh(cs)
-            dc_dh = o * (1 - tc * tc)
-            # d z / d c for gates i, f, c and d z / d h for gate o, per step
-            dz_d = tf.concat([g * i * (1 - i), _previous(cs) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 2)
             back = lstm_backward_loop if native_ops is None else native_ops.lstm_backward_loop
-            dzs = back(dhs, dc_dh, dz_d, f, rk)
+            dzs = back(dhs, cs, gates, rk)
             return dzs, _weight_gradient(_previous(hs), dzs), tf.reduce_sum(dzs, (0, 1))
 
         return hs, grad
@@ -159,11 +154,18 @@ def lstm_forward_loop(xw: Any, recurrent_kernel: Any, bias: Any) -> tuple[Any, A
     return tf.scan(step, xw, initializer=(zeros, zeros, tf.zeros_like(xw[0])))
 
 
-def lstm_backward_loop(dhs: Any, dc_dh: Any, dz_d: Any, f: Any, recurrent_kernel: Any) -> Any:
+def lstm_backward_loop(dhs: Any, cs: Any, gates: Any, recurrent_kernel: Any) -> Any:
     """lstm_recurrence's backward loop (XLA): the gate pre-activations' gradients dzs (T, B, 4U) from the
-    states' dhs (T, B, U) and the per-step factors; stages/native_ops.cc has the same loop in C++."""
+    states' gradients dhs and the forward loop's cells cs (T, B, U) and gates (T, B, 4U). The derivative
+    factors are computed for all steps before the loop (each operation in a loop body costs a few
+    microseconds of dispatch); stages/native_ops.cc computes the same per step, inside its loop."""
     import tensorflow as tf
 
+    i, f, g, o = tf.split(gates, 4, axis=2)
+    tc = tf.tanh(cs)
+    dc_dh = o * (1 - tc * tc)
+    # d z / d c for gates i, f, c and d z / d h for gate o, per step
+    dz_d = tf.concat([g * i * (1 - i), _previous(cs) * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], 2)
     rk_t = tf.transpose(recurrent_kernel)  # once, not per step: a transposed operand makes the small matmul slower
 
     def back(carry, inputs):

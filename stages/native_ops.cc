@@ -17,11 +17,13 @@
 // its XLA program: XLA lowers each op to a call of this code (an XLA FFI custom call), where XLA's own loop
 // dispatches a small matmul and a few element-wise kernels per step, and compiles a while loop of them.
 // Outside XLA (the validation pass) the forward loop runs as a CPU kernel, its rows split over TensorFlow's
-// threads. The forward loop is described below, before its code. The backward loop, per step t, from the last:
+// threads. The forward loop is described below, before its code. The backward loop, per step t, from the last,
+// with tc = tanh(cs[t]), i, f, g, o = gates[t] and c_prev = cs[t - 1] (zeros before the first step):
 //
-//   dh = d_hs[t] + dh_carry;  dc = dh * dc_dh[t] + dc_carry
-//   dzs[t] = [dc * dz_d[t][i], dc * dz_d[t][f], dc * dz_d[t][c], dh * dz_d[t][o]]   (gate blocks of U)
-//   dh_carry = dzs[t] @ R^T;  dc_carry = dc * forget[t]
+//   dh = d_hs[t] + dh_carry;  dc = dh * (o * (1 - tc * tc)) + dc_carry
+//   dzs[t] = [dc * (g * i * (1 - i)), dc * (c_prev * f * (1 - f)), dc * (i * (1 - g * g)),
+//             dh * (tc * o * (1 - o))]                                         (gate blocks of U)
+//   dh_carry = dzs[t] @ R^T;  dc_carry = dc * f
 //
 // The matmuls sum in order (over the gates here, over the units in the forward loop), as XLA's dot does on
 // this project's machine: there both loops gave XLA's loops' results bit for bit, and the lab's training did
@@ -82,50 +84,6 @@ void RecurrentMatmul(const float* rt, const float* dz, float* out, int rows, int
       float sum = 0;
       for (int j = 0; j < gates; ++j) sum += rt[j * units + k] * dz[j * rows + c];
       out[k * rows + c] = sum;
-    }
-  }
-}
-
-// Inputs and output row-major, as XLA holds them: d_hs, dc_dh, forget (steps, rows, units); dz_d, dzs
-// (steps, rows, 4 units); r (units, 4 units). Only the matmul works on a transposed copy of the step.
-void LstmBackward(int64_t steps, int64_t rows, int64_t units, const float* d_hs, const float* dc_dh,
-                  const float* dz_d, const float* forget, const float* r, float* dzs) {
-  const int64_t gates = 4 * units, n = rows * units;
-  std::vector<float> scratch(3 * n + rows * gates + gates * units, 0.0f);
-  float* dh_carry = scratch.data();
-  float* dc_carry = dh_carry + n;
-  float* dh_t = dc_carry + n;        // (units, rows)
-  float* dz_t = dh_t + n;            // (gates, rows)
-  float* rt = dz_t + rows * gates;   // (gates, units)
-  for (int64_t k = 0; k < units; ++k) {
-    for (int64_t j = 0; j < gates; ++j) rt[j * units + k] = r[k * gates + j];
-  }
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    const float* dh_out = d_hs + t * n;
-    const float* factor = dc_dh + t * n;
-    const float* forget_t = forget + t * n;
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* d = dz_d + (t * rows + i) * gates;
-      float* dz = dzs + (t * rows + i) * gates;
-      for (int64_t u = 0; u < units; ++u) {
-        const int64_t x = i * units + u;
-        const float dh = dh_out[x] + dh_carry[x];
-        const float dc = dh * factor[x] + dc_carry[x];
-        dz[u] = dc * d[u];
-        dz[units + u] = dc * d[units + u];
-        dz[2 * units + u] = dc * d[2 * units + u];
-        dz[3 * units + u] = dh * d[3 * units + u];
-        dc_carry[x] = dc * forget_t[x];
-      }
-    }
-    if (t == 0) break;
-    const float* dz = dzs + t * rows * gates;
-    for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t j = 0; j < gates; ++j) dz_t[j * rows + i] = dz[i * gates + j];
-    }
-    RecurrentMatmul(rt, dz_t, dh_t, rows, units, gates);
-    for (int64_t k = 0; k < units; ++k) {
-      for (int64_t i = 0; i < rows; ++i) dh_carry[i * units + k] = dh_t[k * rows + i];
     }
   }
 }
@@ -292,17 +250,92 @@ void LstmForward(int64_t steps, int64_t rows, int64_t units, const float* xw, co
   }
 }
 
-namespace ffi = ::xla::ffi;
-
-ffi::Error LstmBackwardFfi(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> dc_dh, ffi::Buffer<ffi::F32> dz_d,
-                           ffi::Buffer<ffi::F32> forget, ffi::Buffer<ffi::F32> recurrent_kernel,
-                           ffi::ResultBuffer<ffi::F32> dzs) {
-  const auto dims = d_hs.dimensions();
-  LstmBackward(dims[0], dims[1], dims[2], d_hs.typed_data(), dc_dh.typed_data(), dz_d.typed_data(),
-               forget.typed_data(), recurrent_kernel.typed_data(), dzs->typed_data());
-  return ffi::Error::Success();
+// --- the LSTM's backward loop --------------------------------------------------------------------------
+// One block of 16 units of a row at step t: from the gates [i, f, g, o], the cell c and the one before it,
+// the factors fast_training's XLA code computes in bulk before its loop (the same operations, so the same
+// bits: tanh is XLA's), then the loop's step. The carried cell gradient is read from one buffer and written
+// to another, so that a block overlapping the one before it computes the same values again.
+inline void LstmBackwardBlock(const float* gates, const float* c, const float* c_prev, const float* d_h,
+                              const float* dh_carry, const float* dc_in, int64_t units, int64_t u, float* dz,
+                              float* dc_out) {
+  const Vector i = Load(gates + u), f = Load(gates + units + u);
+  const Vector g = Load(gates + 2 * units + u), o = Load(gates + 3 * units + u);
+  const Vector tc = Tanh(Load(c + u));
+  const Vector dh = Load(d_h + u) + Load(dh_carry + u);
+  const Vector dc = dh * (o * (1.0f - tc * tc)) + Load(dc_in + u);
+  Store(dz + u, dc * (g * i * (1.0f - i)));
+  Store(dz + units + u, dc * (Load(c_prev + u) * f * (1.0f - f)));
+  Store(dz + 2 * units + u, dc * (i * (1.0f - g * g)));
+  Store(dz + 3 * units + u, dh * (tc * o * (1.0f - o)));
+  Store(dc_out + u, dc * f);
 }
 
+// A row of a step: whole vectors, the last one ending at the last unit; fewer than 16 units go through
+// buffers of 16.
+void LstmBackwardRow(const float* gates, const float* c, const float* c_prev, const float* d_h,
+                     const float* dh_carry, const float* dc_in, int64_t units, float* dz, float* dc_out) {
+  if (units >= kLanes) {
+    for (int64_t u = 0; u < units; u += kLanes) {
+      LstmBackwardBlock(gates, c, c_prev, d_h, dh_carry, dc_in, units, std::min(u, units - kLanes), dz, dc_out);
+    }
+    return;
+  }
+  float gates16[4 * kLanes] = {}, c16[kLanes] = {}, c_prev16[kLanes] = {}, d_h16[kLanes] = {};
+  float dh_carry16[kLanes] = {}, dc_in16[kLanes] = {}, dz16[4 * kLanes], dc_out16[kLanes];
+  for (int j = 0; j < 4; ++j) std::copy(gates + j * units, gates + (j + 1) * units, gates16 + j * kLanes);
+  std::copy(c, c + units, c16);
+  std::copy(c_prev, c_prev + units, c_prev16);
+  std::copy(d_h, d_h + units, d_h16);
+  std::copy(dh_carry, dh_carry + units, dh_carry16);
+  std::copy(dc_in, dc_in + units, dc_in16);
+  LstmBackwardBlock(gates16, c16, c_prev16, d_h16, dh_carry16, dc_in16, kLanes, 0, dz16, dc_out16);
+  for (int j = 0; j < 4; ++j) std::copy(dz16 + j * kLanes, dz16 + j * kLanes + units, dz + j * units);
+  std::copy(dc_out16, dc_out16 + units, dc_out);
+}
+
+// Inputs and output row-major, as XLA holds them: d_hs, cs (steps, rows, units); gates, dzs (steps, rows,
+// 4 units); r (units, 4 units). Only the matmul works on a transposed copy of the step.
+void LstmBackward(int64_t steps, int64_t rows, int64_t units, const float* d_hs, const float* cs,
+                  const float* gates, const float* r, float* dzs) {
+  const int64_t width = 4 * units, n = rows * units;
+  std::vector<float> scratch(5 * n + rows * width + width * units, 0.0f);
+  float* dh_carry = scratch.data();
+  float* dc_carry[2] = {dh_carry + n, dh_carry + 2 * n};  // read one, write the other
+  float* zeros = dh_carry + 3 * n;   // the cell before the first step
+  float* dh_t = zeros + n;           // (units, rows)
+  float* dz_t = dh_t + n;            // (4 units, rows)
+  float* rt = dz_t + rows * width;   // (4 units, units)
+  for (int64_t k = 0; k < units; ++k) {
+    for (int64_t j = 0; j < width; ++j) rt[j * units + k] = r[k * width + j];
+  }
+  for (int64_t t = steps - 1, turn = 0; t >= 0; --t, turn ^= 1) {
+    const float* c_prev = t ? cs + (t - 1) * n : zeros;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t x = i * units;
+      LstmBackwardRow(gates + (t * rows + i) * width, cs + t * n + x, c_prev + x, d_hs + t * n + x, dh_carry + x,
+                      dc_carry[turn] + x, units, dzs + (t * rows + i) * width, dc_carry[turn ^ 1] + x);
+    }
+    if (t == 0) break;
+    const float* dz = dzs + t * rows * width;
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = 0; j < width; ++j) dz_t[j * rows + i] = dz[i * width + j];
+    }
+    RecurrentMatmul(rt, dz_t, dh_t, rows, units, width);
+    for (int64_t k = 0; k < units; ++k) {
+      for (int64_t i = 0; i < rows; ++i) dh_carry[i * units + k] = dh_t[k * rows + i];
+    }
+  }
+}
+
+namespace ffi = ::xla::ffi;
+
+ffi::Error LstmBackwardFfi(ffi::Buffer<ffi::F32> d_hs, ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> gates,
+                           ffi::Buffer<ffi::F32> recurrent_kernel, ffi::ResultBuffer<ffi::F32> dzs) {
+  const auto dims = d_hs.dimensions();
+  LstmBackward(dims[0], dims[1], dims[2], d_hs.typed_data(), cs.typed_data(), gates.typed_data(),
+               recurrent_kernel.typed_data(), dzs->typed_data());
+  return ffi::Error::Success();
+}
 
 ffi::Error LstmForwardFfi(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurrent_kernel,
                           ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> hs,
@@ -318,7 +351,6 @@ ffi::Error LstmForwardFfi(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurr
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LstmVsGruLstmBackward, lstm_vs_gru::LstmBackwardFfi,
                               ::xla::ffi::Ffi::Bind()
-                                  .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
                                   .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
                                   .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
                                   .Arg<::xla::ffi::Buffer<::xla::ffi::F32>>()
@@ -477,33 +509,32 @@ REGISTER_KERNEL_BUILDER(Name("ExactSparseAdam").Device(DEVICE_CPU), ExactSparseA
 
 REGISTER_OP("LstmBackwardLoop")
     .Input("d_hs: float")
-    .Input("dc_dh: float")
-    .Input("dz_d: float")
-    .Input("forget: float")
+    .Input("cs: float")
+    .Input("gates: float")
     .Input("recurrent_kernel: float")
     .Output("dzs: float")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle unused;
-      for (int i = 0; i < 4; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 3, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &unused));
+      for (int i = 0; i < 3; ++i) TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 3, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &unused));
       c->set_output(0, c->input(2));
       return absl::OkStatus();
     })
     .Doc(R"doc(
-The LSTM's backward loop: dzs (steps, rows, 4 units) from d_hs, dc_dh, forget (steps, rows, units), dz_d
-(steps, rows, 4 units) and the recurrent kernel (units, 4 units). See stages/native_ops.cc.
+The LSTM's backward loop: the gate pre-activations' gradients dzs (steps, rows, 4 units) from the states'
+gradients d_hs and the cells cs (steps, rows, units), the gates [i, f, g, o] (steps, rows, 4 units) and
+the recurrent kernel (units, 4 units). See stages/native_ops.cc.
 )doc");
 
-absl::Status CheckLoopShapes(const TensorShape& d_hs, const TensorShape& dc_dh, const TensorShape& dz_d,
-                             const TensorShape& forget, const TensorShape& kernel) {
-  const bool fits = d_hs.dims() == 3 && dc_dh == d_hs && forget == d_hs && dz_d.dims() == 3 &&
-                    dz_d.dim_size(0) == d_hs.dim_size(0) && dz_d.dim_size(1) == d_hs.dim_size(1) &&
-                    dz_d.dim_size(2) == 4 * d_hs.dim_size(2) && kernel.dims() == 2 &&
+absl::Status CheckLoopShapes(const TensorShape& d_hs, const TensorShape& cs, const TensorShape& gates,
+                             const TensorShape& kernel) {
+  const bool fits = d_hs.dims() == 3 && cs == d_hs && gates.dims() == 3 &&
+                    gates.dim_size(0) == d_hs.dim_size(0) && gates.dim_size(1) == d_hs.dim_size(1) &&
+                    gates.dim_size(2) == 4 * d_hs.dim_size(2) && kernel.dims() == 2 &&
                     kernel.dim_size(0) == d_hs.dim_size(2) && kernel.dim_size(1) == 4 * d_hs.dim_size(2);
   if (fits) return absl::OkStatus();
   return errors::InvalidArgument("LstmBackwardLoop: inconsistent shapes ", d_hs.DebugString(), " ",
-                                 dc_dh.DebugString(), " ", dz_d.DebugString(), " ", forget.DebugString(), " ",
-                                 kernel.DebugString());
+                                 cs.DebugString(), " ", gates.DebugString(), " ", kernel.DebugString());
 }
 
 // Outside XLA (eager, plain graphs): the same loop as a kernel.
@@ -514,13 +545,12 @@ class LstmBackwardLoopOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& d_hs = ctx->input(0);
     OP_REQUIRES_OK(ctx, CheckLoopShapes(d_hs.shape(), ctx->input(1).shape(), ctx->input(2).shape(),
-                                        ctx->input(3).shape(), ctx->input(4).shape()));
+                                        ctx->input(3).shape()));
     Tensor* dzs = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(2).shape(), &dzs));
     lstm_vs_gru::LstmBackward(d_hs.dim_size(0), d_hs.dim_size(1), d_hs.dim_size(2), d_hs.flat<float>().data(),
                               ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(),
-                              ctx->input(3).flat<float>().data(), ctx->input(4).flat<float>().data(),
-                              dzs->flat<float>().data());
+                              ctx->input(3).flat<float>().data(), dzs->flat<float>().data());
   }
 };
 
@@ -533,9 +563,9 @@ class LstmBackwardLoopXla : public XlaOpKernel {
 
   void Compile(XlaOpKernelContext* ctx) override {
     OP_REQUIRES_OK(ctx, CheckLoopShapes(ctx->InputShape(0), ctx->InputShape(1), ctx->InputShape(2),
-                                        ctx->InputShape(3), ctx->InputShape(4)));
+                                        ctx->InputShape(3)));
     std::vector<xla::XlaOp> operands;
-    for (int i = 0; i < 5; ++i) operands.push_back(ctx->Input(i));
+    for (int i = 0; i < 4; ++i) operands.push_back(ctx->Input(i));
     auto shape = ctx->builder()->GetShape(ctx->Input(2));
     OP_REQUIRES_OK(ctx, shape.status());
     ctx->SetOutput(0, xla::CustomCall(ctx->builder(), "lstm_vs_gru_lstm_backward", operands, *shape, "",
