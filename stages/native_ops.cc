@@ -205,16 +205,15 @@ inline void LstmCellBlock(const float* z, const float* c, int64_t units, int64_t
   Store(h_new + u, o * Tanh(cell));
 }
 
-// A row's gates and states: whole vectors, the last one ending at the last unit (fewer than 16 units: copied
-// through a vector of 16, see LstmForward).
+// A row's gates and states: whole vectors, the last one ending at the last unit; fewer than 16 units go
+// through buffers of 16.
 void LstmCell(const float* z, const float* c, int64_t units, float* gates, float* c_new, float* h_new) {
-  for (int64_t u = 0; u < units; u += kLanes) {
-    LstmCellBlock(z, c, units, std::min(u, units - kLanes), gates, c_new, h_new);
+  if (units >= kLanes) {
+    for (int64_t u = 0; u < units; u += kLanes) {
+      LstmCellBlock(z, c, units, std::min(u, units - kLanes), gates, c_new, h_new);
+    }
+    return;
   }
-}
-
-// The same for fewer than 16 units, through buffers of 16 per gate.
-void SmallLstmCell(const float* z, const float* c, int64_t units, float* gates, float* c_new, float* h_new) {
   float z16[4 * kLanes] = {}, c16[kLanes] = {}, gates16[4 * kLanes], c_new16[kLanes], h_new16[kLanes];
   for (int j = 0; j < 4; ++j) std::copy(z + j * units, z + (j + 1) * units, z16 + j * kLanes);
   std::copy(c, c + units, c16);
@@ -244,8 +243,8 @@ void LstmForward(int64_t steps, int64_t rows, int64_t units, const float* xw, co
       float* zi = z + i * padded;
       const float* x = xw + (t * rows + row) * width;
       for (int64_t j = 0; j < width; ++j) zi[j] = (x[j] + zi[j]) + b[j];
-      (units >= kLanes ? LstmCell : SmallLstmCell)(zi, c + i * units, units, gates + (t * rows + row) * width,
-                                                   cs + t * n + row * units, hs + t * n + row * units);
+      LstmCell(zi, c + i * units, units, gates + (t * rows + row) * width, cs + t * n + row * units,
+               hs + t * n + row * units);
     }
   }
 }

@@ -201,6 +201,7 @@ def test_lstm_backward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> 
 
     ops = native_ops.load()
     inputs = loop_inputs(np.random.default_rng(steps), steps, rows, units)
+    assert (np.abs(inputs[1].numpy()) > 8.0).any()  # cells past tanh's clamp (7.9988): that branch runs too
     eager = ops.lstm_backward_loop(*inputs).numpy()
     compiled = tf.function(lambda *arrays: ops.lstm_backward_loop(*arrays), jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(*inputs)(stage="hlo")
@@ -241,10 +242,10 @@ def test_lstm_backward_loop_rejects_inconsistent_shapes() -> None:
 
 
 def forward_inputs(rng: np.random.Generator, steps: int, rows: int, units: int) -> list:
-    """xw, recurrent kernel and bias at the scale of the lab's (gates that saturate, some clamped tanh inputs)."""
+    """xw, recurrent kernel and bias: gates that saturate, and some cell-gate inputs past tanh's clamp."""
     import tensorflow as tf
 
-    shapes_and_scales = [((steps, rows, 4 * units), 3.0), ((units, 4 * units), 0.5), ((4 * units,), 0.5)]
+    shapes_and_scales = [((steps, rows, 4 * units), 5.0), ((units, 4 * units), 0.5), ((4 * units,), 0.5)]
     return [tf.constant(rng.normal(scale=scale, size=shape).astype(np.float32)) for shape, scale in shapes_and_scales]
 
 
@@ -265,7 +266,8 @@ def test_lstm_forward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> N
     assert "lstm_vs_gru_lstm_forward" in hlo and "while" not in hlo
     expected = tf.function(fast_training.lstm_forward_loop, jit_compile=True)(*inputs)
     assert [x.shape for x in eager] == [x.shape for x in expected]
-    assert np.abs(eager[2]).max() > 0.999  # saturated gates: the clamped tanh branch is exercised
+    cell_gate = eager[2][:, :, 2 * units:3 * units]
+    assert (np.abs(cell_gate) == 1.0).any()  # XLA's tanh gives exactly 1 only past its clamp: that branch ran
     for got, compiled_got, want in zip(eager, compiled(*inputs), expected):
         np.testing.assert_array_equal(compiled_got.numpy(), got)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
