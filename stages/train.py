@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from stages import artifacts, compile_cache
+from stages import artifacts, compile_cache, native_ops
 from stages.errors import UserError, exits_cleanly
 from stages.params import CELL_CHOICES, Params, TrainParams, load
 
@@ -156,6 +157,32 @@ def history_rows(history: dict[str, list[float]]) -> list[dict[str, Any]]:
     ]
 
 
+def gpu_count() -> int:
+    import tensorflow as tf
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def trainer_for_device(train_params: TrainParams, gpus: int) -> str:
+    """train.trainer as it runs here: on a GPU, Keras's model.fit (cuDNN's LSTM and GRU), since the fused
+    trainer and its native ops are CPU code; one line on stderr says so."""
+    if train_params.trainer != "fused" or not gpus:
+        return train_params.trainer
+    if train_params.lazy_adam:
+        raise UserError("params.yaml: train.lazy_adam = true needs the fused trainer, which runs on CPUs only, and "
+                        f"{gpus} GPU(s) are visible: set it to false, or hide the GPUs (CUDA_VISIBLE_DEVICES=)")
+    print(f"{gpus} GPU(s) found: training with Keras's model.fit (cuDNN) instead of the fused trainer, "
+          "which is CPU code", file=sys.stderr)
+    return "keras"
+
+
+def trained_with(trainer: str) -> str:
+    """The path that trained, as metrics record it: keras, or the fused trainer's native or xla code."""
+    if trainer == "keras":
+        return "keras"
+    return "native" if native_ops.load() is not None else "xla"  # load() is kept: this is what fast_fit used
+
+
 def fit(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
         callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
     """Fit the model with train.trainer (keras: compiled beforehand) and return one row per epoch
@@ -234,14 +261,18 @@ def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[s
     return scores, predictions
 
 
-def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores: dict[str, float]) -> dict[str, Any]:
-    """The flat metrics/{cell}.json record: the last epoch's train/val figures and the test scores."""
+def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores: dict[str, float],
+              path: str) -> dict[str, Any]:
+    """The flat metrics/{cell}.json record: the last epoch's train/val figures, the test scores and the
+    path that trained (`trained_with`: native, xla or keras; another path rounds differently, so a metric
+    diff beside a change of path is explained by it)."""
     last = history[-1]
     seconds = [row["seconds"] for row in history]
     return {
         "cell": cell,
         "params": int(param_count),
         "epochs": len(history),
+        "trained_with": path,
         "seconds_per_epoch": round(float(np.mean(seconds)), SECONDS_DIGITS),
         "train_loss": last["loss"],
         "train_accuracy": last["accuracy"],
@@ -258,11 +289,12 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
 
     seed_everything(params.train.seed)
     model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
-    if params.train.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
-        compile_model(model, params.train)
-    history = fit(model, train.x, train.y, params.train, dvclive_callbacks(cell))
-    scores, predictions = evaluate(model, test, params.train.batch_size)
-    metrics = summarize(cell, model.count_params(), history, scores)
+    train_params = replace(params.train, trainer=trainer_for_device(params.train, gpu_count()))
+    if train_params.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
+        compile_model(model, train_params)
+    history = fit(model, train.x, train.y, train_params, dvclive_callbacks(cell))
+    scores, predictions = evaluate(model, test, train_params.batch_size)
+    metrics = summarize(cell, model.count_params(), history, scores, trained_with(train_params.trainer))
     return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions,
                           vocabulary_sha256=train.vocabulary_sha256)
 
@@ -287,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the train_lstm / train_gru stages."""
     cell = parse_cell(argv)
     params = load()
+    native_ops.mode()  # a bad $LSTM_VS_GRU_NATIVE fails here, before any work
     train, test = load_inputs(params)
     compile_cache.enable()  # before TensorFlow compiles anything
     result = train_and_evaluate(cell, params, train, test)

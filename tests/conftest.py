@@ -1,5 +1,6 @@
-"""Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py), and private caches
-(XLA's compiled programs, the native ops' build) for the session."""
+"""Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py), a private cache of XLA's
+compiled programs for the session, and the native ops required (built once per machine, in the user's cache,
+as the stages build them)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from typing import Iterator
 import pytest
 
 from stages.compile_cache import CACHE_ENV
+from stages.native_ops import NATIVE_ENV
 from tests.small_archive import build_archive
 
 
@@ -18,11 +20,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def private_caches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The tests' XLA compilation cache and native-ops build (stages/native_ops.py, via XDG_CACHE_HOME), for
-    the training stages they run and their subprocesses: folders of this session, not the user's ~/.cache."""
+def test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For the tests, the training stages they run and their subprocesses: XLA's compilation cache in a folder
+    of this session, not the user's ~/.cache; and the native ops required (a compiler that fails to build
+    them fails the tests instead of falling back), unless the user chose otherwise."""
     settings = {CACHE_ENV: str(tmp_path_factory.mktemp("xla_cache")),
-                "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("user_cache"))}
+                NATIVE_ENV: os.environ.get(NATIVE_ENV, "required")}
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     yield

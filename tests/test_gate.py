@@ -285,7 +285,7 @@ def test_baseline_with_several_revisions_is_refused(project, capsys):
 
 # --- the project's own rules -----------------------------------------------------------------
 
-CELL_KEYS = {"params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy",
+CELL_KEYS = {"params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy",
              "val_loss", "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"}
 REPORT_KEYS = {"cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"}
 
@@ -298,6 +298,8 @@ def test_project_rules_cover_every_headline_metric():
     for file in keys:
         assert by_place[file, "test_accuracy"].min == 0.30  # far above chance (0.05)
         assert by_place[file, "seconds_per_epoch"].gate is False  # machines differ
+    for file in ("metrics/lstm.json", "metrics/gru.json"):  # a changed path is shown, not judged
+        assert (by_place[file, "trained_with"].better, by_place[file, "trained_with"].gate) == ("equal", False)
     assert by_place["metrics/report.json", "cell"].better == "equal"
 
 

@@ -4,6 +4,7 @@ once per cache folder and falls back to XLA, with a notice, when it cannot be bu
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from stages import fast_training, native_ops
+from stages.compile_cache import cpu_features
+from stages.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_COMPILER = shutil.which(native_ops.compiler()) is not None
@@ -24,35 +27,36 @@ needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason=f"no C++ compiler (
 
 @pytest.fixture
 def fresh_load(monkeypatch: pytest.MonkeyPatch, tmp_path):
-    """native_ops.load() as in a new process, with an empty cache folder (for cases that load no library)."""
+    """native_ops.load() as in a new process with the default mode (on) and an empty cache folder (for cases
+    that load no library)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(native_ops.NATIVE_ENV, "on")
     native_ops.load.cache_clear()
     yield native_ops.load
     native_ops.load.cache_clear()
 
 
-def load_in_a_new_process(cache: Path) -> str:
-    """What native_ops.load() gives in a fresh process whose cache folder is `cache` (a process must load the
-    library once: TensorFlow registers an op's kernel once per process)."""
-    code = ("from stages import native_ops; ops = native_ops.load(); "
-            "print(hasattr(ops, 'exact_sparse_adam') and hasattr(ops, 'lstm_backward_loop'))")
+def run_in_a_new_process(code: str, **environ: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh Python (a process loads the library once: TensorFlow registers an op's kernel once)."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+                          env={**os.environ, **environ})
     assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip()
+    return done
 
 
 @needs_compiler
-def test_the_library_is_built_once_into_the_cache_folder_and_reused() -> None:
-    """This session's build (tests/conftest.py gives the session its own XDG_CACHE_HOME) is in the cache
-    folder, and a new process loads it without building again."""
+def test_the_library_is_built_once_into_the_user_cache_and_reused() -> None:
+    """One build per machine, compiler and TensorFlow, in the user's cache folder (shared by test runs and
+    stages); a new process loads it without building again, and says nothing about building."""
     assert native_ops.load() is not None
-    cache = Path(os.environ["XDG_CACHE_HOME"])
-    built = list((cache / "lstm-vs-gru" / "native").glob("*/native_ops.so"))
-    assert len(built) == 1, built
-    stamp = built[0].stat().st_mtime_ns
-    assert load_in_a_new_process(cache) == "True"
-    assert built[0].stat().st_mtime_ns == stamp and not list(built[0].parent.glob("*.partial"))
+    flags = native_ops.build_flags(native_ops.target())
+    built = native_ops.user_cache_home(os.environ) / "native" / native_ops.library_key(flags) / native_ops.LIBRARY
+    assert built.is_file()
+    stamp = built.stat().st_mtime_ns
+    done = run_in_a_new_process("from stages import native_ops; ops = native_ops.load(); "
+                                "print(hasattr(ops, 'exact_sparse_adam') and hasattr(ops, 'lstm_backward_loop'))")
+    assert done.stdout.strip() == "True" and "building" not in done.stderr
+    assert built.stat().st_mtime_ns == stamp and not list(built.parent.glob("*.partial"))
 
 
 def test_no_compiler_means_xla_and_one_notice(fresh_load, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -63,17 +67,37 @@ def test_no_compiler_means_xla_and_one_notice(fresh_load, monkeypatch: pytest.Mo
     assert native_ops.NATIVE_ENV in notice[0]
 
 
-def test_a_failed_build_means_xla_and_names_the_compiler_error(fresh_load, monkeypatch: pytest.MonkeyPatch,
-                                                               tmp_path, capsys) -> None:
+def test_no_compiler_is_no_error_even_where_the_ops_are_required(fresh_load, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys) -> None:
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setenv(native_ops.NATIVE_ENV, "required")
+    assert fresh_load() is None and capsys.readouterr().err.startswith("native ops off: no C++ compiler")
+
+
+def broken_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     broken = tmp_path / "broken.cc"
     broken.write_text("this is not C++\n")
     monkeypatch.setattr(native_ops, "SOURCE", broken)
-    if not HAS_COMPILER:
-        pytest.skip("no C++ compiler")
+
+
+@needs_compiler
+def test_a_failed_build_means_xla_and_names_the_compiler_error(fresh_load, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path, capsys) -> None:
+    broken_source(monkeypatch, tmp_path)
     assert fresh_load() is None
     notice = capsys.readouterr().err
     assert "native ops off:" in notice and "failed" in notice and "training uses its XLA code" in notice
     assert not list((tmp_path / "cache").rglob("*.so")) and not list((tmp_path / "cache").rglob("*.partial"))
+
+
+@needs_compiler
+def test_a_failed_build_is_an_error_where_the_ops_are_required(fresh_load, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path) -> None:
+    """What .ci/run sets: a compiler that fails must fail CI, not hide behind the XLA fallback."""
+    broken_source(monkeypatch, tmp_path)
+    monkeypatch.setenv(native_ops.NATIVE_ENV, "required")
+    with pytest.raises(native_ops.NativeOpsError, match="native ops required .* failed: "):
+        fresh_load()
 
 
 @pytest.mark.parametrize("setting", ["off", "0", "false", "no", ""])
@@ -81,6 +105,104 @@ def test_the_environment_variable_turns_it_off_silently(fresh_load, monkeypatch:
                                                         setting: str) -> None:
     monkeypatch.setenv(native_ops.NATIVE_ENV, setting)
     assert fresh_load() is None and capsys.readouterr().err == ""
+
+
+def test_a_bad_mode_names_the_variable_and_the_choices(fresh_load, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native_ops.NATIVE_ENV, "always")
+    with pytest.raises(UserError, match=r"LSTM_VS_GRU_NATIVE='always': must be one of on, required, off"):
+        fresh_load()
+
+
+# /proc/cpuinfo flags of CPUs at each level (abridged to what matters, plus what -march=native would add)
+SAPPHIRE_RAPIDS = ("sse4_1 sse4_2 ssse3 popcnt cx16 lahf_lm avx avx2 fma bmi1 bmi2 f16c movbe xsave abm "
+                   "avx512f avx512bw avx512cd avx512dq avx512vl avx512_fp16 amx_tile amx_bf16 avx512_bf16").split()
+HASWELL = "sse4_1 sse4_2 ssse3 popcnt cx16 lahf_lm avx avx2 fma bmi1 bmi2 f16c movbe xsave abm".split()
+NEHALEM = "sse4_1 sse4_2 ssse3 popcnt cx16 lahf_lm".split()
+
+
+@pytest.mark.parametrize("machine, flags, level", [
+    ("x86_64", SAPPHIRE_RAPIDS, "x86-64-v4"),
+    ("x86_64", HASWELL, "x86-64-v3"),
+    ("x86_64", [flag for flag in HASWELL if flag != "fma"], "x86-64-v2"),
+    ("AMD64", NEHALEM, "x86-64-v2"),
+    ("x86_64", ["sse2"], "x86-64"),
+    ("aarch64", ["fp", "asimd"], None),
+    ("arm64", [], None),
+])
+def test_the_target_is_the_highest_level_the_cpu_runs(machine: str, flags: list[str], level: str | None) -> None:
+    """A fixed x86-64 level, never -march=native: on Sapphire Rapids native turns on AVX512-FP16, which
+    TensorFlow's Eigen headers do not compile with GCC 12."""
+    assert native_ops.target_level(machine, flags) == level
+
+
+def test_the_build_targets_a_level_not_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native_ops.TARGET_ENV, raising=False)
+    flags = native_ops.FLAGS + tuple(native_ops.build_flags(native_ops.target() or "x86-64"))
+    assert not [flag for flag in flags if "native" in flag]
+    assert [flag for flag in flags if flag.startswith("-march=")] in (
+        [f"-march={level}"] for level in ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"))
+    monkeypatch.setenv(native_ops.TARGET_ENV, "x86-64-v3")
+    assert native_ops.target() == "x86-64-v3"
+
+
+def test_another_architecture_keeps_xla_with_one_notice(fresh_load, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setattr(native_ops.platform, "machine", lambda: "aarch64")
+    monkeypatch.delenv(native_ops.TARGET_ENV, raising=False)
+    monkeypatch.setenv(native_ops.NATIVE_ENV, "required")  # nothing to require where the ops are not built at all
+    assert fresh_load() is None
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and notice[0].startswith("native ops off: they are built for x86-64 CPUs only (this is aarch64)")
+
+
+FAKE_COMPILER = """#!/bin/sh
+# a stand-in compiler: counts its runs, takes a while, writes its -o file
+echo run >> "$(dirname "$0")/runs"
+sleep 1
+while [ "$#" -gt 0 ]; do [ "$1" = -o ] && echo library > "$2"; shift; done
+"""
+
+
+def test_concurrent_builds_compile_once_and_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Two processes wanting the library at once (train_lstm and train_gru on a queue): one compiles, the
+    other waits for it; the one that compiles says so, with the time it took."""
+    compiler = tmp_path / "bin" / "c++"
+    compiler.parent.mkdir()
+    compiler.write_text(FAKE_COMPILER)
+    compiler.chmod(0o755)
+    code = ("import sys; from pathlib import Path; from stages import native_ops; "
+            f"print(native_ops.build(Path({str(tmp_path / 'lib')!r}), []))")
+    env = {**os.environ, "CXX": str(compiler)}
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert (tmp_path / "bin" / "runs").read_text().splitlines() == ["run"]
+    assert (tmp_path / "lib" / native_ops.LIBRARY).read_text() == "library\n"
+    messages = "".join(err for _, err in outputs)
+    assert messages.count("native ops: building ") == 1
+    assert re.search(r"native ops: built in \d+ s", messages)
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get(native_ops.TARGET_ENV) is not None, reason="runs inside the check of one level")
+@pytest.mark.parametrize("level", ["x86-64-v2", "x86-64-v3", "x86-64-v4"])
+def test_each_level_this_cpu_runs_builds_and_computes_xla_s_results(level: str) -> None:
+    """The library built for each x86-64 level below this CPU's (whose build the other tests use) passes the
+    op tests of this file (the XLA code's values) in a process of its own; each build is cached like the
+    default one."""
+    here = native_ops.target_level(platform.machine(), cpu_features().split())
+    order = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"]
+    if here is None or order.index(level) > order.index(here):
+        pytest.skip(f"this CPU does not run {level} code")
+    if level == native_ops.target():
+        pytest.skip(f"{level} is this machine's own build, which the other tests check")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "is_xla_s_loop or exact_sparse_adam or reads_xla"],
+                          capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, native_ops.TARGET_ENV: level, native_ops.NATIVE_ENV: "required"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout.splitlines()[-1]
 
 
 def test_the_key_follows_source_flags_and_tensorflow(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -266,8 +388,8 @@ def test_lstm_forward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> N
     assert "lstm_vs_gru_lstm_forward" in hlo and "while" not in hlo
     expected = tf.function(fast_training.lstm_forward_loop, jit_compile=True)(*inputs)
     assert [x.shape for x in eager] == [x.shape for x in expected]
-    cell_gate = eager[2][:, :, 2 * units:3 * units]
-    assert (np.abs(cell_gate) == 1.0).any()  # XLA's tanh gives exactly 1 only past its clamp: that branch ran
+    cell_gate = expected[2].numpy()[:, :, 2 * units:3 * units]
+    assert (np.abs(cell_gate) == 1.0).any()  # XLA's tanh gives exactly 1 only past its clamp: inputs reach it
     for got, compiled_got, want in zip(eager, compiled(*inputs), expected):
         np.testing.assert_array_equal(compiled_got.numpy(), got)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages import artifacts, train
+from stages import artifacts, native_ops, train
 from stages.errors import UserError
 from stages.model import expected_param_count
 from stages.params import load
@@ -22,7 +24,7 @@ from stages.params import load
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = np.array(["alt.atheism", "comp.graphics", "sci.space"])
 NUM_WORDS, MAXLEN, N_TRAIN, N_TEST = 50, 10, 60, 24
-METRIC_KEYS = ["cell", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+METRIC_KEYS = ["cell", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
                "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"]
 
 
@@ -71,6 +73,9 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
     metrics = artifacts.read_json(artifacts.metrics_path(cell))
     assert list(metrics) == METRIC_KEYS
     assert metrics["cell"] == cell and metrics["epochs"] == 1
+    # the suite requires the native ops where a compiler is (tests/conftest.py)
+    assert metrics["trained_with"] == ("keras" if trainer == "keras" else
+                                       "native" if shutil.which(native_ops.compiler()) else "xla")
     assert metrics["params"] == expected_param_count(cell, NUM_WORDS, params.model, len(GROUPS))
     assert metrics["seconds_per_epoch"] > 0
     for key in ("train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1"):
@@ -234,9 +239,39 @@ def test_summarize_takes_the_last_epoch_and_mean_seconds() -> None:
     rows = train.history_rows({"loss": [2.0, 1.0], "accuracy": [0.1, 0.2], "val_loss": [2.5, 1.5],
                                "val_accuracy": [0.3, 0.4], "seconds": [10.0, 20.0]})
     scores = {"test_loss": 1.23456789, "test_accuracy": 0.5, "test_macro_f1": 0.4}
-    metrics = train.summarize("gru", 123, rows, scores)
+    metrics = train.summarize("gru", 123, rows, scores, "xla")
     assert list(metrics) == METRIC_KEYS
-    assert metrics == {"cell": "gru", "params": 123, "epochs": 2, "seconds_per_epoch": 15.0, "train_loss": 1.0,
+    assert metrics == {"cell": "gru", "params": 123, "epochs": 2, "trained_with": "xla", "seconds_per_epoch": 15.0, "train_loss": 1.0,
                        "train_accuracy": 0.2, "val_loss": 1.5, "val_accuracy": 0.4, "test_loss": 1.234568,
                        "test_accuracy": 0.5, "test_macro_f1": 0.4}
     json.dumps(metrics, allow_nan=False)
+
+
+def test_a_gpu_trains_with_keras_and_says_so(capsys) -> None:
+    """Where TensorFlow sees a GPU, the fused trainer (CPU code) gives way to model.fit, whose LSTM and GRU
+    run cuDNN's kernels; without one, train.trainer stands. (Checked here with a device count: this suite
+    runs on CPUs.)"""
+    fused = load().train
+    assert train.trainer_for_device(fused, 0) == "fused" and capsys.readouterr().err == ""
+    assert train.trainer_for_device(fused, 1) == "keras"
+    assert "1 GPU(s) found: training with Keras's model.fit (cuDNN)" in capsys.readouterr().err
+    keras_trainer = replace(fused, trainer="keras")
+    assert train.trainer_for_device(keras_trainer, 2) == "keras" and capsys.readouterr().err == ""
+    with pytest.raises(UserError, match="train.lazy_adam = true needs the fused trainer.*1 GPU"):
+        train.trainer_for_device(replace(fused, lazy_adam=True), 1)
+
+
+def test_trained_with_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert train.trained_with("keras") == "keras"
+    monkeypatch.setattr(native_ops, "load", lambda: None)
+    assert train.trained_with("fused") == "xla"
+    monkeypatch.setattr(native_ops, "load", lambda: object())
+    assert train.trained_with("fused") == "native"
+
+
+def test_a_bad_native_mode_fails_before_training(project: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv(native_ops.NATIVE_ENV, "sometimes")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["lstm"])
+    assert exit_info.value.code == 2 and "LSTM_VS_GRU_NATIVE='sometimes'" in capsys.readouterr().err
+    assert not artifacts.metrics_path("lstm").exists()
