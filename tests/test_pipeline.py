@@ -48,7 +48,7 @@ def test_data_stages_cache_and_rerun_only_what_changed(tmp_path, archive):
 
 
 HEADLINE_KEYS = {"cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"}
-CELL_KEYS = {"cell", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+CELL_KEYS = {"cell", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
              "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"}
 
 
@@ -83,6 +83,7 @@ def test_metrics_hold_every_key_in_range(clean):
         metrics = clean.json(f"metrics/{cell}.json")
         assert set(metrics) == CELL_KEYS and metrics["cell"] == cell
         assert metrics["epochs"] == SMALL_PARAMS["train.epochs"] and metrics["seconds_per_epoch"] > 0
+        assert metrics["trained_with"] in ("native", "xla")  # the fused trainer; native wherever a compiler is
         for key in ("train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1"):
             assert 0.0 <= metrics[key] <= 1.0, key
         for key in ("train_loss", "val_loss", "test_loss"):
