@@ -7,7 +7,7 @@ Every step of the fused trainer ends with Keras' Adam over the whole embedding t
 from the 3,200 per-occurrence gradient rows of a batch of 32 x 100 tokens). This times, in one run and on
 random inputs of that shape, each called from a graph loop as in an epoch:
 
-- the update as the fused trainer runs it: the ExactSparseAdam op (stages/native_ops.cc, built on first use),
+- the update as the fused trainer runs it: the ExactSparseAdam op (lstm_vs_gru/fused/native_ops.cc, built on first use),
   one pass over the table on TensorFlow's threads;
 - the update as it runs where the op cannot be built (`ExactAdam.apply_sparse` compiled by XLA): three
   passes (m, v, then the weights);
@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bench_common import RESULTS, ROOT, run_cpp, write_results  # first: it makes `stages` importable
+from bench_common import RESULTS, ROOT, run_cpp, write_results  # first: it makes the project importable
 
 DEFAULT_OUT = RESULTS / "adam_cost.json"
 CPP_SOURCE = ROOT / "bench" / "adam_pass.cc"
@@ -35,12 +35,12 @@ CPP_SOURCE = ROOT / "bench" / "adam_pass.cc"
 
 def update_ms(rows: int, width: int, occurrences: int, updates: int, repeats: int, how: str) -> float:
     """Best milliseconds per update of ExactAdam's table update as FastTrainer runs it: `how` = "xla"
-    (compiled by XLA), "lazy" (the same, lazy=True) or "native" (the C++ op of stages/native_ops.cc, the
+    (compiled by XLA), "lazy" (the same, lazy=True) or "native" (the C++ op of lstm_vs_gru/fused/native_ops.cc, the
     gradient rows in two parts as the trainer's two halves give them)."""
     import tensorflow as tf
 
-    from stages import native_ops
-    from stages.fast_training import ExactAdam
+    from lstm_vs_gru.fused import native_ops
+    from lstm_vs_gru.fused.trainer import ExactAdam
 
     rng = np.random.default_rng(0)
     table = tf.Variable(rng.normal(0.0, 0.01, (rows, width)).astype(np.float32))

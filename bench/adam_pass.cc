@@ -4,7 +4,7 @@
 //
 //     adam_pass ROWS WIDTH OCCURRENCES UPDATES REPEATS THREADS...
 //
-// Per element, as stages/fast_training.ExactAdam: m += (g - m) * (1 - beta_1); v += (g2 - v) * (1 - beta_2);
+// Per element, as lstm_vs_gru/fused/trainer.ExactAdam: m += (g - m) * (1 - beta_1); v += (g2 - v) * (1 - beta_2);
 // w -= m * alpha / (sqrt(v) + epsilon), where g and g2 are the row's gradient sum and sum of squares, looked up
 // through the row's slot (untouched rows point at an all-zero slot), as the XLA update gathers them.
 #include <omp.h>

@@ -1,5 +1,5 @@
 """What the benchmark scripts share. Imported first by each (`python bench/NAME.py` puts bench/ on the
-import path): it makes the project's `stages` importable from anywhere and keeps TensorFlow's C++ log quiet.
+import path): it makes the project's packages importable from anywhere and keeps TensorFlow's C++ log quiet.
 Also: running a measurement in a fresh child process, writing the results, building the C++ programs."""
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def child_result(command: Sequence[str], env: Mapping[str, str] | None = None) -
 
 def write_results(out: Path, settings: Mapping[str, Any], results: Any) -> None:
     """The results as JSON at `out` (atomically), with the settings and this machine's core count."""
-    from stages.artifacts import write_json
+    from lstm_vs_gru.artifacts import write_json
 
     write_json(out, {"settings": dict(settings), "cpu_count": os.cpu_count(), "results": results})
     print(f"wrote {out}")

@@ -8,7 +8,7 @@ backward loop of `steps` iterations; the two halves run at once, one per core. T
 one TensorFlow thread, next to what bounds them: an XLA loop doing almost nothing (the dispatch cost of an
 iteration) and loops doing only the recurrent matmul of each direction (and the slice or tile that feeds its
 result back); then each of the LSTM's loops alone, as XLA's loop and as the native op that the fused trainer
-calls inside its XLA program (stages/native_ops.cc), and both native loops with the bulk work between them
+calls inside its XLA program (lstm_vs_gru/fused/native_ops.cc), and both native loops with the bulk work between them
 (the native cases are skipped where the ops cannot be built). The other loops are XLA's, as the fallback runs
 them. It prints microseconds per iteration (best of `repeats`) and writes them as JSON. No data needed: the
 inputs are random.
@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from bench_common import RESULTS, ROOT, run_cpp, write_results  # first: it makes `stages` importable
+from bench_common import RESULTS, ROOT, run_cpp, write_results  # first: it makes the project importable
 
 DEFAULT_OUT = RESULTS / "loop_cost.json"
 CPP_SOURCE = ROOT / "bench" / "lstm_loop.cc"
@@ -74,8 +74,8 @@ def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, A
     import tensorflow as tf
 
     from bench.train_speed import configure_threads
-    from stages import native_ops
-    from stages.fast_training import (
+    from lstm_vs_gru.fused import native_ops
+    from lstm_vs_gru.fused.trainer import (
         gru_recurrence,
         lstm_backward_loop,
         lstm_forward_loop,
@@ -107,7 +107,7 @@ def measure(rows: int, steps: int, units: int, repeats: int) -> list[dict[str, A
          [normal(steps, rows, 3 * units, scale=0.5)], 2 * steps),
     ]
     # each LSTM loop alone, on its inputs (forward: xw, kernel, bias; backward: dhs, cells, gates, kernel):
-    # XLA's loop and the native op (stages/native_ops.cc) as the fused trainer calls it, inside an XLA program
+    # XLA's loop and the native op (lstm_vs_gru/fused/native_ops.cc) as the fused trainer calls it, inside an XLA program
     forward_inputs = [normal(steps, rows, 4 * units, scale=0.5), lstm_rk.value(), lstm_bias.value()]
     backward_inputs = [normal(steps, rows, units), normal(steps, rows, units, scale=1.0),
                        tf.sigmoid(normal(steps, rows, 4 * units, scale=1.0)), normal(units, 4 * units)]

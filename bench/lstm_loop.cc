@@ -4,7 +4,7 @@
 //
 //     lstm_loop ROWS STEPS UNITS REPEATS
 //
-// Forward per step, as stages/fast_training.lstm_recurrence: z = (xw_t + h @ R) + b; i, f, o = sigmoid,
+// Forward per step, as lstm_vs_gru/fused/trainer.lstm_recurrence: z = (xw_t + h @ R) + b; i, f, o = sigmoid,
 // g = tanh; c' = f * c + i * g; h' = o * tanh(c'). Backward per step, the same derivative as its grad:
 // dh = dh_out + dh_carry; dc = dh * o * (1 - tanh(c)^2) + dc_carry; dz = [dc g i(1-i), dc c_prev f(1-f),
 // dc i (1-g^2), dh tanh(c) o(1-o)]; dh_carry = dz @ R^T; dc_carry = dc * f.

@@ -10,7 +10,7 @@ the machine falls on both sides alike. The table shows medians over seeds; the J
 
 The reference is a self-contained copy of the lab's code path: `model.compile(loss="categorical_crossentropy",
 optimizer=Adam(lr), metrics=["accuracy"])` then `model.fit(x, one_hot(y), batch_size, epochs,
-validation_split)`. "Ours" is what `dvc repro` runs with `train.trainer: fused`: `stages.fast_training.fast_fit`
+validation_split)`. "Ours" is what `dvc repro` runs with `train.trainer: fused`: `lstm_vs_gru.fused.trainer.fast_fit`
 on the pipeline's model (see that module for how it computes the same thing faster).
 
 `--check` runs a few steps of both from identical weights on identical batches and prints how far the
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bench_common import RESULTS, ROOT, child_result, print_result  # first: see bench_common
-from stages import compile_cache
+from lstm_vs_gru.fused import compile_cache
 
 DEFAULT_OUT = RESULTS / "train_speed.json"
 EVAL_BATCH = 512  # batch size of validation/test prediction: speed only, results do not depend on it
@@ -99,8 +99,8 @@ def train_ours(cell: str, seed: int, data: dict[str, Any], params: Any) -> tuple
     """The pipeline's model and seeding, trained by the pipeline's fused trainer."""
     import keras
 
-    from stages.fast_training import fast_fit
-    from stages.model import build_model, seed_everything
+    from lstm_vs_gru.fused.trainer import fast_fit
+    from lstm_vs_gru.model import build_model, seed_everything
 
     seed_everything(seed)
     model = build_model(cell, params.tokenize.num_words, data["x_train"].shape[1], data["n_classes"], params.model)
@@ -143,7 +143,7 @@ def run_one(kind: str, cell: str, seed: int, data_dir: Path, epochs: int | None,
     """Train one model in this process and return its figures."""
     from dataclasses import replace
 
-    from stages.params import load
+    from lstm_vs_gru.params import load
 
     params = load(ROOT / "params.yaml")
     params = replace(params, train=replace(params.train, lazy_adam=lazy_adam,  # the flag, not params.yaml, decides
@@ -168,9 +168,9 @@ def check_exactness(cell: str, data_dir: Path, steps: int, threads: int | None) 
 
     from dataclasses import replace
 
-    from stages.fast_training import FastTrainer, distinct_size, dropout_layers, epoch_plan
-    from stages.model import build_model, seed_everything
-    from stages.params import load
+    from lstm_vs_gru.fused.trainer import FastTrainer, distinct_size, dropout_layers, epoch_plan
+    from lstm_vs_gru.model import build_model, seed_everything
+    from lstm_vs_gru.params import load
 
     configure_threads(threads)
     params = load(ROOT / "params.yaml")
@@ -326,7 +326,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="ours with train.lazy_adam: true (not the lab's mathematics; the reference is unchanged)")
     parser.add_argument("--compile-cache", choices=("off", "warm"), default="off",
                         help="warm: ours loads XLA's compiled programs from a cache primed by an untimed run, as "
-                             "`dvc repro` does after its first run (stages.compile_cache); off: ours compiles")
+                             "`dvc repro` does after its first run (lstm_vs_gru.fused.compile_cache); off: ours compiles")
     parser.add_argument("--check-steps", type=int, default=3)
     parser.add_argument("--run", choices=("reference", "ours"), help=argparse.SUPPRESS)  # child mode
     return parser.parse_args(argv)
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = time_runs(args)
     rows = summarise(runs)
     print_table(rows, len(args.seeds))
-    from stages.artifacts import write_json
+    from lstm_vs_gru.artifacts import write_json
 
     write_json(args.out, {"argv": sys.argv[1:], "threads": args.threads, "compile_cache": args.compile_cache,
                           "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "summary": rows,

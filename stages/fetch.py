@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from stages import corpus, params
-from stages.artifacts import SPLITS, corpus_path, write_table
-from stages.errors import exits_cleanly
+from lstm_vs_gru import corpus, params
+from lstm_vs_gru.artifacts import SPLITS, corpus_path, write_table
+from lstm_vs_gru.errors import exits_cleanly
 
 
 def build_corpus(archive: str, remove: tuple[str, ...]) -> dict[str, pd.DataFrame]:

@@ -7,23 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from stages import artifacts, params
-from stages.errors import UserError, exits_cleanly
-from stages.tokenizer import pad
-
-TOKEN_ARRAYS = ("ids", "offsets", "labels", "groups", "vocabulary_sha256")
-
-
-def read_tokens(split: str) -> dict[str, np.ndarray]:
-    """The ragged token arrays of one split, checked to be consistent."""
-    path = artifacts.tokens_path(split)
-    arrays = artifacts.read_stage_npz(path, TOKEN_ARRAYS, "tokenize")
-    ids, offsets, labels = arrays["ids"], arrays["offsets"], arrays["labels"]
-    if (offsets.ndim != 1 or len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids)
-            or np.any(np.diff(offsets) < 0)):
-        raise UserError(f"{path}: offsets do not match ids and labels (re-run the tokenize stage)")
-    return arrays
-
+from lstm_vs_gru import artifacts, params
+from lstm_vs_gru.errors import exits_cleanly
+from lstm_vs_gru.tokenizer import pad, read_tokens
 
 def pad_metrics(offsets: np.ndarray, maxlen: int) -> dict[str, Any]:
     """Shares of documents cut to maxlen, padded with zeros, and empty (all zeros)."""

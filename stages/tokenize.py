@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import artifacts, params
-from stages.errors import UserError, exits_cleanly
-from stages.tokenizer import Vocabulary, fit
+from lstm_vs_gru import artifacts, params
+from lstm_vs_gru.errors import UserError, exits_cleanly
+from lstm_vs_gru.tokenizer import Vocabulary, fit
 
 CORPUS_COLUMNS = ("id", "group", "label", "text")
 

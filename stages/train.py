@@ -1,65 +1,22 @@
-"""Train one classifier and evaluate it on the test split: `python -m stages.train lstm|gru`.
+"""Stage `train_lstm` / `train_gru`: train one classifier and evaluate it on the test split,
+`python -m stages.train lstm|gru`.
 
-Per-epoch logs go to dvclive/{cell}/ while training runs; models/{cell}.keras,
-metrics/{cell}.json and plots/{cell}/{history,predictions}.csv are written only after
-training and evaluation both succeed. TensorFlow is imported only once the cell argument,
-params.yaml and the padded arrays have been checked, so a mistake fails in a second."""
+Per-epoch logs go to dvclive/{cell}/ while training runs; models/{cell}.keras, metrics/{cell}.json and
+plots/{cell}/{history,predictions}.csv are written only after training and evaluation both succeed. TensorFlow is
+imported only once the cell argument, params.yaml and the padded arrays have been checked, so a mistake
+fails in a second."""
 from __future__ import annotations
 
-import argparse
-import math
-import os
-import sys
-import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from stages import artifacts, compile_cache, native_ops
-from stages.errors import UserError, exits_cleanly
-from stages.params import CELL_CHOICES, Params, TrainParams, load
-
-if TYPE_CHECKING:  # annotations only; these import TensorFlow
-    import keras
-    import pandas as pd
-
-# Before any TensorFlow import below: keep its C++ info logs out of `dvc repro` output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-DIGITS = 6  # metrics are float32 underneath: more digits would only be noise
-SECONDS_DIGITS = 3
-
-
-@dataclass(frozen=True)
-class Split:
-    """One padded split: token ids (n, maxlen), labels (n,), group names (index = label)."""
-    x: np.ndarray
-    y: np.ndarray
-    groups: np.ndarray
-    vocabulary_sha256: str  # tokenize's fingerprint, carried by pad
-
-
-@dataclass(frozen=True)
-class TrainingResult:
-    model: "keras.Model"
-    history: list[dict[str, Any]]
-    metrics: dict[str, Any]
-    predictions: "pd.DataFrame"
-    vocabulary_sha256: str
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as a UserError: one line, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
+from lstm_vs_gru import training
+from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
+from lstm_vs_gru.params import CELL_CHOICES, load
 
 
 def parse_cell(argv: Sequence[str] | None = None) -> str:
     """The cell named on the command line, checked against params.CELL_CHOICES."""
-    parser = _OneLineParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
     parser.add_argument("cell", help="the recurrent cell to train: " + " or ".join(CELL_CHOICES))
     cell = parser.parse_args(argv).cell
     if cell not in CELL_CHOICES:
@@ -67,263 +24,17 @@ def parse_cell(argv: Sequence[str] | None = None) -> str:
     return cell
 
 
-# --- inputs ---------------------------------------------------------------------------
-
-def load_padded(split: str, num_words: int, maxlen: int) -> Split:
-    """Read data/padded/{split}.npz and check it fits the model about to be built."""
-    path = artifacts.padded_path(split)
-    arrays = artifacts.read_stage_npz(path, ("x", "y", "groups", "vocabulary_sha256"), "pad")
-    x, y, groups = arrays["x"], arrays["y"], arrays["groups"]
-    if x.ndim != 2 or x.shape[1] != maxlen or not np.issubdtype(x.dtype, np.integer):
-        raise UserError(f"{path}: x has shape {x.shape} and dtype {x.dtype}, expected integer (n, {maxlen}) "
-                        "as pad.maxlen says (rerun the pad stage)")
-    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"{path}: y has shape {y.shape}, expected one integer label per row of x ({len(x)})")
-    if groups.ndim != 1 or groups.size < 2 or groups.dtype.kind != "U":
-        raise UserError(f"{path}: groups must be a list of at least two group names")
-    if len(x) == 0:
-        raise UserError(f"{path}: no documents")
-    # An id >= num_words would silently read a random embedding row on GPU and crash on CPU.
-    if x.min() < 0 or x.max() >= num_words:
-        raise UserError(f"{path}: token ids span [{x.min()}, {x.max()}], outside [0, {num_words}) "
-                        "from tokenize.num_words (rerun tokenize and pad)")
-    if y.min() < 0 or y.max() >= len(groups):
-        raise UserError(f"{path}: labels span [{y.min()}, {y.max()}], outside the {len(groups)} groups")
-    return Split(x=x.astype(np.int32, copy=False), y=y.astype(np.int32, copy=False), groups=groups,
-                 vocabulary_sha256=str(arrays["vocabulary_sha256"]))
-
-
-def load_inputs(params: Params) -> tuple[Split, Split]:
-    """The train and test splits, checked against each other and against params."""
-    train, test = (load_padded(split, params.tokenize.num_words, params.pad.maxlen) for split in artifacts.SPLITS)
-    if not np.array_equal(train.groups, test.groups):
-        raise UserError("data/padded: train and test list different groups (rerun the pad stage)")
-    check_validation_split(len(train.x), params.train.validation_split)
-    return train, test
-
-
-def check_validation_split(n_train: int, validation_split: float) -> None:
-    """Fail early where Keras would fail after building the model: an empty train or val part."""
-    if validation_split == 0:
-        return
-    split_at = math.floor(n_train * (1.0 - validation_split))
-    if split_at in (0, n_train):
-        raise UserError(f"params.yaml: train.validation_split = {validation_split} leaves an empty "
-                        f"training or validation part of {n_train} training documents")
-
-
-# --- training -------------------------------------------------------------------------
-
-def compile_model(model: "keras.Model", train_params: TrainParams) -> None:
-    """Adam + cross-entropy + accuracy. Sparse cross-entropy on integer labels is the same
-    math as categorical cross-entropy on one-hot labels, without the one-hot copy."""
-    import keras
-
-    optimizer = keras.optimizers.Adam(learning_rate=train_params.learning_rate, clipnorm=train_params.clipnorm)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-
-def epoch_timer() -> "keras.callbacks.Callback":
-    """A callback that adds `seconds` (wall time of the epoch, validation included) to the epoch logs.
-
-    Keras hands one logs dict to every callback in list order, so a timer placed first makes
-    `seconds` visible to the callbacks after it: DVCLive logs it at the same step (before its
-    own on_epoch_end advances the step), History records it, and verbose=2 prints it."""
-    import keras
-
-    started: dict[int, float] = {}
-
-    def begin(epoch: int, logs: dict | None = None) -> None:
-        started[epoch] = time.perf_counter()
-
-    def end(epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["seconds"] = time.perf_counter() - started.pop(epoch)
-
-    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
-
-
-def history_rows(history: dict[str, list[float]]) -> list[dict[str, Any]]:
-    """Keras's History dict as one row per epoch (1-based); val_* are None without validation."""
-    def value(key: str, epoch: int, digits: int = DIGITS) -> float | None:
-        values = history.get(key)
-        return None if values is None else round(float(values[epoch]), digits)
-
-    return [
-        {"epoch": epoch + 1, "loss": value("loss", epoch), "accuracy": value("accuracy", epoch),
-         "val_loss": value("val_loss", epoch), "val_accuracy": value("val_accuracy", epoch),
-         "seconds": value("seconds", epoch, SECONDS_DIGITS)}
-        for epoch in range(len(history["loss"]))
-    ]
-
-
-def gpu_count() -> int:
-    import tensorflow as tf
-
-    return len(tf.config.list_physical_devices("GPU"))
-
-
-def trainer_for_device(train_params: TrainParams, gpus: int) -> str:
-    """train.trainer as it runs here: on a GPU, Keras's model.fit (cuDNN's LSTM and GRU), since the fused
-    trainer and its native ops are CPU code; one line on stderr says so."""
-    if train_params.trainer != "fused" or not gpus:
-        return train_params.trainer
-    if train_params.lazy_adam:
-        raise UserError("params.yaml: train.lazy_adam = true needs the fused trainer, which runs on CPUs only, and "
-                        f"{gpus} GPU(s) are visible: set it to false, or hide the GPUs (CUDA_VISIBLE_DEVICES=)")
-    print(f"{gpus} GPU(s) found: training with Keras's model.fit (cuDNN) instead of the fused trainer, "
-          "which is CPU code", file=sys.stderr)
-    return "keras"
-
-
-def trained_with(trainer: str) -> str:
-    """The path that trained, as metrics record it: keras, or the fused trainer's native or xla code."""
-    if trainer == "keras":
-        return "keras"
-    return "native" if native_ops.load() is not None else "xla"  # load() is kept: this is what fast_fit used
-
-
-def fit(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
-        callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
-    """Fit the model with train.trainer (keras: compiled beforehand) and return one row per epoch
-    (HISTORY_COLUMNS).
-
-    Both trainers hold out the last validation_split of x before shuffling, as Keras does."""
-    if train_params.trainer == "fused":
-        return fit_fused(model, x, y, train_params, callbacks)
-    history = model.fit(
-        x, y,
-        epochs=train_params.epochs,
-        batch_size=train_params.batch_size,
-        validation_split=train_params.validation_split,
-        shuffle=True,
-        verbose=2,
-        callbacks=[epoch_timer(), *callbacks],
-    )
-    return history_rows(history.history)
-
-
-def fit_fused(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
-              callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
-    """stages.fast_training.fast_fit with the same callbacks, printing a line per epoch as verbose=2 does."""
-    from stages.fast_training import fast_fit, supports
-
-    if not supports(model):
-        raise UserError(f"train.trainer = fused cannot train {model.name} (it needs Embedding -> LSTM/GRU -> "
-                        "stateless layers); use train.trainer: keras")
-    history = fast_fit(model, x, y, epochs=train_params.epochs, batch_size=train_params.batch_size,
-                       learning_rate=train_params.learning_rate, validation_split=train_params.validation_split,
-                       seed=train_params.seed, callbacks=[epoch_timer(), *callbacks, epoch_printer(train_params.epochs)],
-                       lazy_adam=train_params.lazy_adam)
-    return history_rows(history)
-
-
-def epoch_printer(epochs: int) -> "keras.callbacks.Callback":
-    """A callback that prints each epoch's logs on one line, like model.fit(verbose=2)."""
-    import keras
-
-    def end(epoch: int, logs: dict | None = None) -> None:
-        shown = " - ".join(f"{key}: {value:.4f}" for key, value in (logs or {}).items() if key != "seconds")
-        print(f"Epoch {epoch + 1}/{epochs} - {(logs or {}).get('seconds', 0.0):.1f}s - {shown}", flush=True)
-
-    return keras.callbacks.LambdaCallback(on_epoch_end=end)
-
-
-def dvclive_callbacks(cell: str) -> list["keras.callbacks.Callback"]:
-    """DVCLive's Keras callback writing to dvclive/{cell}/, with no dvc.yaml, experiment or report."""
-    from dvclive import Live
-    from dvclive.keras import DVCLiveCallback
-
-    live = Live(dir=str(artifacts.dvclive_dir(cell)), dvcyaml=False, save_dvc_exp=False, report=None)
-    return [DVCLiveCallback(live=live)]
-
-
-# --- evaluation -----------------------------------------------------------------------
-
-def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[str, float], "pd.DataFrame"]:
-    """Test loss, accuracy and macro-F1 from one prediction pass, and the predictions by group name.
-
-    The loss is Keras's sparse cross-entropy on the predicted probabilities: what
-    model.evaluate would report, without a second pass over the test set."""
-    import keras
-    import pandas as pd
-    from sklearn.metrics import f1_score
-
-    probabilities = model.predict(test.x, batch_size=batch_size, verbose=0)
-    losses = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(test.y, probabilities))
-    predicted = probabilities.argmax(axis=1)
-    scores = {
-        "test_loss": float(np.mean(losses)),
-        "test_accuracy": float(np.mean(predicted == test.y)),
-        "test_macro_f1": float(f1_score(test.y, predicted, average="macro", zero_division=0)),
-    }
-    predictions = pd.DataFrame({"actual": test.groups[test.y], "predicted": test.groups[predicted]})
-    return scores, predictions
-
-
-def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores: dict[str, float],
-              path: str) -> dict[str, Any]:
-    """The flat metrics/{cell}.json record: the last epoch's train/val figures, the test scores and the
-    path that trained (`trained_with`: native, xla or keras; another path rounds differently, so a metric
-    diff beside a change of path is explained by it)."""
-    last = history[-1]
-    seconds = [row["seconds"] for row in history]
-    return {
-        "cell": cell,
-        "params": int(param_count),
-        "epochs": len(history),
-        "trained_with": path,
-        "seconds_per_epoch": round(float(np.mean(seconds)), SECONDS_DIGITS),
-        "train_loss": last["loss"],
-        "train_accuracy": last["accuracy"],
-        "val_loss": last["val_loss"],
-        "val_accuracy": last["val_accuracy"],
-        **{key: round(value, DIGITS) for key, value in scores.items()},
-    }
-
-
-def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> TrainingResult:
-    """Seed, build, fit (compiling first for the keras trainer) and evaluate one classifier; writes only
-    dvclive/{cell}/."""
-    from stages.model import build_model, seed_everything
-
-    seed_everything(params.train.seed)
-    model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
-    train_params = replace(params.train, trainer=trainer_for_device(params.train, gpu_count()))
-    if train_params.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
-        compile_model(model, train_params)
-    history = fit(model, train.x, train.y, train_params, dvclive_callbacks(cell))
-    scores, predictions = evaluate(model, test, train_params.batch_size)
-    metrics = summarize(cell, model.count_params(), history, scores, trained_with(train_params.trainer))
-    return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions,
-                          vocabulary_sha256=train.vocabulary_sha256)
-
-
-# --- outputs --------------------------------------------------------------------------
-
-def write_outputs(cell: str, result: TrainingResult) -> None:
-    """Write the model, plots and metrics, each atomically; metrics last, as the sign of a complete run."""
-    import pandas as pd
-
-    with artifacts.atomic_path(artifacts.model_path(cell)) as tmp:
-        result.model.save(tmp)  # the temporary name ends in .keras, which Keras requires
-        # for stages.predict: refuse to run this model on text encoded with another vocabulary
-        artifacts.stamp_model(tmp, {"vocabulary_sha256": result.vocabulary_sha256})
-    artifacts.write_table(artifacts.history_path(cell), pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS)))
-    artifacts.write_table(artifacts.predictions_path(cell), result.predictions)
-    artifacts.write_json(artifacts.metrics_path(cell), result.metrics)
-
-
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the train_lstm / train_gru stages."""
     cell = parse_cell(argv)
     params = load()
-    native_ops.mode()  # a bad $LSTM_VS_GRU_NATIVE fails here, before any work
-    train, test = load_inputs(params)
-    compile_cache.enable()  # before TensorFlow compiles anything
-    result = train_and_evaluate(cell, params, train, test)
-    write_outputs(cell, result)
+    if training.fused is not None:
+        training.fused.check_environment()  # a bad $LSTM_VS_GRU_NATIVE fails here, before any work
+    train, test = training.load_inputs(params)
+    if training.fused is not None:
+        training.fused.enable_compile_cache()  # before TensorFlow compiles anything
+    result = training.train_and_evaluate(cell, params, train, test)
+    training.write_outputs(cell, result)
     m = result.metrics
     print(f"{cell}: {m['params']:,} params, {m['seconds_per_epoch']} s/epoch, val_accuracy {m['val_accuracy']}, "
           f"test_accuracy {m['test_accuracy']}, test_macro_f1 {m['test_macro_f1']}")

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from stages.compile_cache import CACHE_ENV
-from stages.native_ops import NATIVE_ENV
+from lstm_vs_gru.fused.compile_cache import CACHE_ENV
+from lstm_vs_gru.fused.native_ops import NATIVE_ENV
 from tests.small_archive import build_archive
 
 

@@ -1,4 +1,4 @@
-"""XLA's persistent compilation cache (stages.compile_cache): where it goes, when it stays off, and that the
+"""XLA's persistent compilation cache (lstm_vs_gru.fused.compile_cache): where it goes, when it stays off, and that the
 training stage gives the same model and metrics with it cold, warm or off."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import artifacts, compile_cache
+from lstm_vs_gru import artifacts
+from lstm_vs_gru.fused import compile_cache
 from tests.test_train import write_padded, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def test_the_key_changes_with_tensorflow_cpu_and_xla_flags(monkeypatch: pytest.M
 
 
 def test_the_key_reads_the_installed_tensorflow_without_importing_it() -> None:
-    code = ("import sys\nfrom stages import compile_cache\nprint(compile_cache.tensorflow_version())\n"
+    code = ("import sys\nfrom lstm_vs_gru.fused import compile_cache\nprint(compile_cache.tensorflow_version())\n"
             "print('tensorflow' in sys.modules)\nimport tensorflow\nprint(tensorflow.__version__)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True).stdout.splitlines()

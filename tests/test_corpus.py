@@ -1,4 +1,4 @@
-"""stages.corpus: same corpus as scikit-learn's fetch_20newsgroups, read safely from the archive."""
+"""lstm_vs_gru.corpus: same corpus as scikit-learn's fetch_20newsgroups, read safely from the archive."""
 from __future__ import annotations
 
 import io
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import sklearn.datasets._twenty_newsgroups as twenty
 
-from stages import corpus
-from stages.corpus import ArchiveError
-from stages.errors import UserError
+from lstm_vs_gru import corpus
+from lstm_vs_gru.corpus import ArchiveError
+from lstm_vs_gru.errors import UserError
 from tests.small_archive import GROUPS, GROUP_WORDS, build_archive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +110,18 @@ def test_clean_text_applies_sklearn_order_and_rejects_unknown_filters():
     assert corpus.clean_text(text, ALL_FILTERS) == "body"
     with pytest.raises(ValueError, match="signature"):
         corpus.clean_text(text, ("signature",))
+
+
+EDGE_TEXTS = ["", "\n\n", "no blank line at all", "From: a\nSubject: b\n\nbody\n\nmore\n",
+              "body\n--\nsig", "body\n\n----\n\n", "a\n   \nb\n\n\n", "x wrote:\n> q\n| r\nIn article <1>\nkept",
+              "-- \nonly a signature", "says: it\nQuoted from y\n writes in z"]
+
+
+@pytest.mark.parametrize("text", EDGE_TEXTS)
+def test_own_cleaners_are_sklearn_s(text):
+    """corpus.py's copies of scikit-learn's private cleaning functions give their results."""
+    for name in ("strip_newsgroup_header", "strip_newsgroup_footer", "strip_newsgroup_quoting"):
+        assert getattr(corpus, name)(text) == getattr(twenty, name)(text), name
 
 
 # --- the input is only read ---

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import corpus, fetch
-from stages.artifacts import corpus_path
+from lstm_vs_gru import corpus
+from stages import fetch
+from lstm_vs_gru.artifacts import corpus_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import gate
-from stages.gate import Absent, Rule
+from lstm_vs_gru.cli import gate
+from lstm_vs_gru.cli.gate import Absent, Rule
 
 ROOT = Path(__file__).resolve().parents[1]
 ACC = Rule("m.json", "accuracy", "higher", abs_tol=0.01)
@@ -323,7 +323,7 @@ DVC_RULES = """metrics/m.json:
   loss: {better: lower, abs_tol: 0.01}
   cell: {better: equal}
 """
-TF_CHECK = ("import sys; from stages.gate import main; code = main([]); "
+TF_CHECK = ("import sys; from lstm_vs_gru.cli.gate import main; code = main([]); "
             "print('TF modules:', [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]); "
             "sys.exit(code)")
 
@@ -361,11 +361,11 @@ def test_gate_against_head_in_a_real_dvc_repository(tmp_path):
 
     (repo / "params.yaml").write_text("quality: 0.7\n")
     _run(repo, *dvc, "repro", "-q")
-    worse = _run(repo, sys.executable, "-m", "stages.gate", check=False)
+    worse = _run(repo, sys.executable, "-m", "lstm_vs_gru.cli.gate", check=False)
     assert worse.returncode == 1, worse.stdout + worse.stderr
     rows = {line.split()[1]: line for line in worse.stdout.splitlines() if line.startswith("metrics/m.json")}
     assert rows["accuracy"].split()[2:4] == ["0.8", "0.7"] and rows["accuracy"].endswith("REGRESSION")
     assert rows["loss"].endswith("REGRESSION") and rows["cell"].endswith("ok")
 
-    unknown = _run(repo, sys.executable, "-m", "stages.gate", "--rev", "no-such-rev", check=False)
+    unknown = _run(repo, sys.executable, "-m", "lstm_vs_gru.cli.gate", "--rev", "no-such-rev", check=False)
     assert unknown.returncode == 2 and unknown.stderr.strip() == "error: --rev no-such-rev: unknown Git revision 'no-such-rev'"

@@ -17,10 +17,12 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages import artifacts, gradients
-from stages.model import build_model, expected_param_count, recurrent_param_count
-from stages.params import ModelParams, load, parse
-from stages.tokenizer import offsets_from_lengths, pad
+from lstm_vs_gru import artifacts
+from lstm_vs_gru import gradient_flow
+from stages import gradients as gradients_stage
+from lstm_vs_gru.model import build_model, expected_param_count, recurrent_param_count
+from lstm_vs_gru.params import ModelParams, load, parse
+from lstm_vs_gru.tokenizer import offsets_from_lengths, pad
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelParams(embedding_dim=3, units=4, dense_units=5, dropout=0.5, gru_reset_after=True)
@@ -42,7 +44,7 @@ def tiny_raw_params(**sections: dict) -> dict:
     return raw
 
 
-def tiny_params(**sections: dict) -> "gradients.Params":
+def tiny_params(**sections: dict) -> "gradient_flow.Params":
     """params.yaml with tiny sizes (and any overrides), validated like the real file."""
     return parse(tiny_raw_params(**sections))
 
@@ -52,17 +54,17 @@ def tiny_params(**sections: dict) -> "gradients.Params":
 def test_choose_documents_draws_long_documents_with_the_seed():
     lengths = np.array([3, 50, 7, 60, 45, 2, 80, 41, 39, 100])
     offsets = offsets_from_lengths(lengths)
-    chosen = gradients.choose_documents(offsets, samples=4, min_tokens=40, seed=0)
+    chosen = gradient_flow.choose_documents(offsets, samples=4, min_tokens=40, seed=0)
     assert len(chosen) == 4 and len(set(chosen)) == 4 and list(chosen) == sorted(chosen)
     assert set(chosen) <= {1, 3, 4, 6, 7, 9}
-    np.testing.assert_array_equal(chosen, gradients.choose_documents(offsets, 4, 40, seed=0))
-    draws = {tuple(gradients.choose_documents(offsets, 4, 40, seed=s)) for s in range(10)}
+    np.testing.assert_array_equal(chosen, gradient_flow.choose_documents(offsets, 4, 40, seed=0))
+    draws = {tuple(gradient_flow.choose_documents(offsets, 4, 40, seed=s)) for s in range(10)}
     assert len(draws) > 1, "the seed does not change the draw"
 
 
 def test_choose_documents_fills_up_with_the_longest_when_too_few_are_long():
     lengths = np.array([3, 50, 7, 60, 45, 2, 80, 41, 39, 100])
-    chosen = gradients.choose_documents(offsets_from_lengths(lengths), samples=5, min_tokens=70, seed=3)
+    chosen = gradient_flow.choose_documents(offsets_from_lengths(lengths), samples=5, min_tokens=70, seed=3)
     # 6 and 9 are long enough; then the longest others: 3 (60), 1 (50), 4 (45)
     assert list(chosen) == [1, 3, 4, 6, 9]
 
@@ -73,7 +75,7 @@ def test_build_sample_pads_every_length_from_the_same_documents():
     ids = np.concatenate([100 * d + np.arange(1, n + 1) for d, n in enumerate(lengths)]).astype(np.int32)
     tokens = {"ids": ids, "offsets": offsets_from_lengths(lengths), "labels": np.arange(8, dtype=np.int32) % 3}
     p = tiny_params(gradients={"samples": 3, "seq_lengths": [5, 14]})
-    sample = gradients.build_sample(tokens, p)
+    sample = gradient_flow.build_sample(tokens, p)
     assert set(sample.indices) <= {1, 2, 5, 7}  # at least max(seq_lengths) = 14 tokens
     np.testing.assert_array_equal(sample.labels, tokens["labels"][sample.indices])
     np.testing.assert_array_equal(sample.token_counts, lengths[sample.indices])
@@ -82,7 +84,7 @@ def test_build_sample_pads_every_length_from_the_same_documents():
             # pre truncation keeps the last `length` tokens
             expected = 100 * doc + np.arange(lengths[doc] - length + 1, lengths[doc] + 1)
             np.testing.assert_array_equal(sample.tokens[length][row], expected)
-    post = gradients.build_sample(tokens, tiny_params(gradients={"samples": 3, "seq_lengths": [5, 14]},
+    post = gradient_flow.build_sample(tokens, tiny_params(gradients={"samples": 3, "seq_lengths": [5, 14]},
                                                        pad={"truncating": "post"}))
     np.testing.assert_array_equal(post.tokens[5][0], 100 * post.indices[0] + np.arange(1, 6))
 
@@ -91,7 +93,7 @@ def test_short_documents_are_padded_as_params_say():
     lengths = np.array([3, 4])
     tokens = {"ids": np.arange(1, 8, dtype=np.int32), "offsets": offsets_from_lengths(lengths),
               "labels": np.array([0, 1], dtype=np.int32)}
-    sample = gradients.build_sample(tokens, tiny_params(gradients={"samples": 2, "seq_lengths": [6]}))
+    sample = gradient_flow.build_sample(tokens, tiny_params(gradients={"samples": 2, "seq_lengths": [6]}))
     np.testing.assert_array_equal(sample.tokens[6], [[0, 0, 0, 1, 2, 3], [0, 0, 4, 5, 6, 7]])
     np.testing.assert_array_equal(sample.tokens[6], pad(tokens["ids"], tokens["offsets"], 6))
 
@@ -101,7 +103,7 @@ def test_short_documents_are_padded_as_params_say():
 def test_curve_summary_of_a_geometric_decay():
     # the gradient shrinks 10x per step back from the end: step t of 6 has norm 10^(t - 6)
     norms = 10.0 ** (np.arange(1, 7) - 6.0)
-    summary = gradients.curve_summary(norms)
+    summary = gradient_flow.curve_summary(norms)
     assert summary["log10_first_to_last"] == pytest.approx(-5.0)
     assert summary["first_norm"] == pytest.approx(1e-5) and summary["last_norm"] == 1.0
     # below 1e-3 of the last step: steps 1, 2 (1e-5, 1e-4); the nearest to the end is step 2
@@ -110,12 +112,12 @@ def test_curve_summary_of_a_geometric_decay():
 
 
 def test_curve_summary_of_flat_overflowing_and_underflowing_curves():
-    flat = gradients.curve_summary(np.array([0.5, 0.4, 0.5]))
+    flat = gradient_flow.curve_summary(np.array([0.5, 0.4, 0.5]))
     assert flat["vanish_step"] is None and flat["log10_first_to_last"] == pytest.approx(0.0)
-    overflow = gradients.curve_summary(np.array([np.nan, np.inf, 1e30, 2.0]))
+    overflow = gradient_flow.curve_summary(np.array([np.nan, np.inf, 1e30, 2.0]))
     assert overflow["first_norm"] is None and overflow["log10_first_to_last"] is None
     assert overflow["nonfinite_steps"] == 2 and overflow["max_norm"] == 1e30 and overflow["vanish_step"] is None
-    underflow = gradients.curve_summary(np.array([0.0, 0.0, 1e-9, 1.0]))
+    underflow = gradient_flow.curve_summary(np.array([0.0, 0.0, 1e-9, 1.0]))
     assert underflow["zero_steps"] == 2 and underflow["vanish_step"] == 3 and underflow["log10_first_to_last"] is None
 
 
@@ -142,9 +144,9 @@ def loss_per_document(rest, embedded: np.ndarray, labels: np.ndarray) -> np.ndar
 
 
 @pytest.mark.parametrize("cell, reset_after", [("simple_rnn", True), ("lstm", True), ("gru", True), ("gru", False)])
-@pytest.mark.parametrize("readout", gradients.READOUTS)
+@pytest.mark.parametrize("readout", gradient_flow.READOUTS)
 def test_embedded_gradients_match_central_differences(float64, cell, reset_after, readout):
-    from stages.model import seed_everything
+    from lstm_vs_gru.model import seed_everything
 
     seed_everything(1)
     length, classes = 5, 3
@@ -154,8 +156,8 @@ def test_embedded_gradients_match_central_differences(float64, cell, reset_after
     rnn.recurrent_kernel.assign(rnn.recurrent_kernel.numpy() * 2.0)
     tokens = np.array([[3, 1, 4, 1, 5], [0, 9, 2, 6, 5]], dtype=np.int32)
     labels = np.array([2, 0], dtype=np.int32)
-    embedding, rest = gradients.split_model(model, readout)
-    analytic = gradients.embedded_gradients(embedding, rest, tokens, labels)
+    embedding, rest = gradient_flow.split_model(model, readout)
+    analytic = gradient_flow.embedded_gradients(embedding, rest, tokens, labels)
     assert analytic.dtype == np.float64 and analytic.shape == (2, length, TINY.embedding_dim)
 
     embedded = np.asarray(embedding(tokens))
@@ -176,29 +178,29 @@ def test_embedded_gradients_match_central_differences(float64, cell, reset_after
 def test_max_pool_readout_is_the_model_and_last_state_reads_the_last_step():
     model = build_model("gru", 11, 6, 3, TINY)
     tokens = np.array([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 0, 0]], dtype=np.int32)
-    embedding, rest = gradients.split_model(model, "max_pool")
+    embedding, rest = gradient_flow.split_model(model, "max_pool")
     np.testing.assert_allclose(rest(embedding(tokens)), model(tokens, training=False), rtol=1e-6)
-    _, last = gradients.split_model(model, "last_state")
+    _, last = gradient_flow.split_model(model, "last_state")
     states = model.get_layer("gru")(embedding(tokens))[:, -1, :]
     head = model.get_layer("output")(model.get_layer("hidden")(states))
     np.testing.assert_allclose(last(embedding(tokens)), head, rtol=1e-6)
     assert last(embedding(tokens)).shape == (2, 3)
     with pytest.raises(ValueError, match="readout"):
-        gradients.split_model(model, "mean")
+        gradient_flow.split_model(model, "mean")
 
 
 def test_gradient_flow_is_the_mean_norm_per_step_with_dropout_off():
-    from stages.model import seed_everything
+    from lstm_vs_gru.model import seed_everything
 
     seed_everything(0)  # unseeded, all five ReLU units could start dead and every gradient be 0
     model = build_model("lstm", 11, 6, 3, replace(TINY, dropout=0.9))
     tokens = np.array([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 1, 2]], dtype=np.int32)
     labels = np.array([0, 2], dtype=np.int32)
-    flow = gradients.gradient_flow(model, tokens, labels)
-    again = gradients.gradient_flow(model, tokens, labels)
+    flow = gradient_flow.gradient_flow(model, tokens, labels)
+    again = gradient_flow.gradient_flow(model, tokens, labels)
     np.testing.assert_array_equal(flow, again)  # dropout at 0.9 would make these differ
-    embedding, rest = gradients.split_model(model)
-    grads = gradients.embedded_gradients(embedding, rest, tokens, labels)
+    embedding, rest = gradient_flow.split_model(model)
+    grads = gradient_flow.embedded_gradients(embedding, rest, tokens, labels)
     np.testing.assert_allclose(flow, np.sqrt((grads.astype(np.float64) ** 2).sum(axis=2)).mean(axis=0), rtol=1e-6)
     # with max pooling a step reaches the loss only where some unit peaks: 0 is possible, all 0 is not
     assert flow.shape == (6,) and flow.min() >= 0 and flow.max() > 0
@@ -206,28 +208,28 @@ def test_gradient_flow_is_the_mean_norm_per_step_with_dropout_off():
 
 def test_weights_move_to_another_length_and_the_recurrent_kernel_scales_alone():
     p = tiny_params()
-    source = gradients.fresh_model("simple_rnn", p, MAXLEN, 3)
-    longer = gradients.at_length("simple_rnn", source.get_weights(), p, 20, 3)
+    source = gradient_flow.fresh_model("simple_rnn", p, MAXLEN, 3)
+    longer = gradient_flow.at_length("simple_rnn", source.get_weights(), p, 20, 3)
     assert tuple(longer.inputs[0].shape) == (None, 20)
     for a, b in zip(source.get_weights(), longer.get_weights()):
         np.testing.assert_array_equal(a, b)
-    scaled = gradients.scale_recurrent_kernel(source.get_weights(), p, 3, 3.0, MAXLEN)
+    scaled = gradient_flow.scale_recurrent_kernel(source.get_weights(), p, 3, 3.0, MAXLEN)
     recurrent = source.get_layer("simple_rnn").cell.recurrent_kernel.path
     names = [w.path for w in source.weights]
     for name, before, after in zip(names, source.get_weights(), scaled):
         np.testing.assert_allclose(after, before * 3.0 if name == recurrent else before, rtol=1e-6)
     # the same seed gives the same initial weights, as in the train stages
-    for a, b in zip(source.get_weights(), gradients.fresh_model("simple_rnn", p, MAXLEN, 3).get_weights()):
+    for a, b in zip(source.get_weights(), gradient_flow.fresh_model("simple_rnn", p, MAXLEN, 3).get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
 # --- clipping ------------------------------------------------------------------------------------
 
 def test_batch_order_covers_each_pass_once():
-    batches = list(gradients.batch_order(10, 4, 5, seed=0))
+    batches = list(gradient_flow.batch_order(10, 4, 5, seed=0))
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4]
     assert sorted(np.concatenate(batches[:3])) == list(range(10))
-    assert [list(b) for b in batches] == [list(b) for b in gradients.batch_order(10, 4, 5, seed=0)]
+    assert [list(b) for b in batches] == [list(b) for b in gradient_flow.batch_order(10, 4, 5, seed=0)]
 
 
 def test_clipping_run_records_norms_before_and_after_clipping():
@@ -238,9 +240,9 @@ def test_clipping_run_records_norms_before_and_after_clipping():
     rng = np.random.default_rng(0)
     x = rng.integers(0, NUM_WORDS, size=(40, MAXLEN)).astype(np.int32)
     y = rng.integers(0, 3, size=40).astype(np.int32)
-    weights = gradients.fresh_model("simple_rnn", p, MAXLEN, 3).get_weights()
-    free = gradients.clipping_run(weights, p, x, y, 3, clipnorm=None, steps=6)
-    tight = gradients.clipping_run(weights, p, x, y, 3, clipnorm=1e-4, steps=6)
+    weights = gradient_flow.fresh_model("simple_rnn", p, MAXLEN, 3).get_weights()
+    free = gradient_flow.clipping_run(weights, p, x, y, 3, clipnorm=None, steps=6)
+    tight = gradient_flow.clipping_run(weights, p, x, y, 3, clipnorm=1e-4, steps=6)
     assert list(free.columns) == ["step", "loss", "grad_norm", "clipped_grad_norm", "update_norm", "clipped"]
     assert free["step"].tolist() == list(range(1, 7))
     assert not free["clipped"].any() and tight["clipped"].all()
@@ -256,8 +258,8 @@ def test_clipping_run_records_norms_before_and_after_clipping():
     # step 1: same weights and batch in both runs, and the same gradient as computed here
     assert free["loss"][0] == pytest.approx(tight["loss"][0]) and free["grad_norm"][0] == pytest.approx(
         tight["grad_norm"][0], rel=1e-5)
-    model = gradients.at_length("simple_rnn", weights, p, MAXLEN, 3)
-    first = next(gradients.batch_order(len(x), p.train.batch_size, 1, p.train.seed))
+    model = gradient_flow.at_length("simple_rnn", weights, p, MAXLEN, 3)
+    first = next(gradient_flow.batch_order(len(x), p.train.batch_size, 1, p.train.seed))
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y[first], model(x[first], training=True)))
     grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
@@ -285,7 +287,7 @@ def write_project(root: Path) -> None:
     artifacts.write_npz(root / artifacts.padded_path("train"), x=pad(ids, offsets, MAXLEN), y=labels, groups=GROUPS,
                         vocabulary_sha256=fingerprint)
     p = parse(raw)
-    from stages.model import seed_everything
+    from lstm_vs_gru.model import seed_everything
 
     for cell in ("lstm", "gru"):
         seed_everything(99)
@@ -301,8 +303,8 @@ def stage_run(tmp_path_factory) -> Path:
     write_project(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        patch.setattr(gradients, "CLIPPING_STEPS", 12)  # a short demonstration is enough to check the outputs
-        gradients.main()
+        patch.setattr(gradient_flow, "CLIPPING_STEPS", 12)  # a short demonstration is enough to check the outputs
+        gradients_stage.main()
     return root
 
 
@@ -346,7 +348,7 @@ def test_stage_metrics_summarise_the_curves_and_count_parameters(stage_run):
             assert summary[readout]["log10_first_to_last"] == pytest.approx(math.log10(norms[0] / norms[-1]), abs=1e-3)
     assert metrics["simple_rnn_training"]["epoch"] == 1
     clipping = metrics["clipping"]
-    assert clipping["steps"] == 12 and clipping["clipnorm"] == gradients.CLIPNORM
+    assert clipping["steps"] == 12 and clipping["clipnorm"] == gradient_flow.CLIPNORM
     table = pd.read_csv(stage_run / artifacts.GRADIENT_CLIPPING)
     assert len(table) == 12 and table["clipped"].dtype == bool
     assert clipping["clipnorm_run"]["clipped_steps"] == int(table["clipped"].sum())

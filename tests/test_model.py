@@ -12,9 +12,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages.model import (RECURRENT_CELLS, build_model, expected_param_count, recurrent_param_count,
+from lstm_vs_gru.model import (RECURRENT_CELLS, build_model, expected_param_count, recurrent_param_count,
                           seed_everything)
-from stages.params import CELL_CHOICES, GRADIENT_CELL_CHOICES, ModelParams
+from lstm_vs_gru.params import CELL_CHOICES, GRADIENT_CELL_CHOICES, ModelParams
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ModelParams(embedding_dim=128, units=50, dense_units=50, dropout=0.5, gru_reset_after=True)
@@ -113,7 +113,7 @@ def test_same_seed_same_initial_weights() -> None:
 
 
 def test_import_does_not_load_tensorflow() -> None:
-    code = ("import sys, stages.model; "
+    code = ("import sys, lstm_vs_gru.model; "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""stages/native_ops: the C++ ops compute what the XLA code computes (ExactSparseAdam: ExactAdam's update;
+"""lstm_vs_gru/fused/native_ops: the C++ ops compute what the XLA code computes (ExactSparseAdam: ExactAdam's update;
 LstmBackwardLoop: the LSTM's backward loop, also inside XLA), reject bad input, and the library is built
 once per cache folder and falls back to XLA, with a notice, when it cannot be built."""
 from __future__ import annotations
@@ -16,9 +16,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages import fast_training, native_ops
-from stages.compile_cache import cpu_features
-from stages.errors import UserError
+from lstm_vs_gru.fused import trainer as fused_trainer
+from lstm_vs_gru.fused import native_ops
+from lstm_vs_gru.fused.compile_cache import cpu_features
+from lstm_vs_gru.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_COMPILER = shutil.which(native_ops.compiler()) is not None
@@ -53,7 +54,7 @@ def test_the_library_is_built_once_into_the_user_cache_and_reused() -> None:
     built = native_ops.user_cache_home(os.environ) / "native" / native_ops.library_key(flags) / native_ops.LIBRARY
     assert built.is_file()
     stamp = built.stat().st_mtime_ns
-    done = run_in_a_new_process("from stages import native_ops; ops = native_ops.load(); "
+    done = run_in_a_new_process("from lstm_vs_gru.fused import native_ops; ops = native_ops.load(); "
                                 "print(hasattr(ops, 'exact_sparse_adam') and hasattr(ops, 'lstm_backward_loop'))")
     assert done.stdout.strip() == "True" and "building" not in done.stderr
     assert built.stat().st_mtime_ns == stamp and not list(built.parent.glob("*.partial"))
@@ -169,7 +170,7 @@ def test_concurrent_builds_compile_once_and_say_so(monkeypatch: pytest.MonkeyPat
     compiler.parent.mkdir()
     compiler.write_text(FAKE_COMPILER)
     compiler.chmod(0o755)
-    code = ("import sys; from pathlib import Path; from stages import native_ops; "
+    code = ("import sys; from pathlib import Path; from lstm_vs_gru.fused import native_ops; "
             f"print(native_ops.build(Path({str(tmp_path / 'lib')!r}), []))")
     env = {**os.environ, "CXX": str(compiler)}
     runs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -227,7 +228,7 @@ def adam_pair(rng: np.random.Generator, rows: int, depth: int):
 
     start = rng.normal(size=(rows, depth)).astype(np.float32)
     tables = [tf.Variable(start) for _ in range(2)]
-    return tables, [fast_training.ExactAdam([table], learning_rate=0.01) for table in tables]
+    return tables, [fused_trainer.ExactAdam([table], learning_rate=0.01) for table in tables]
 
 
 @needs_compiler
@@ -318,7 +319,7 @@ def loop_inputs(rng: np.random.Generator, steps: int, rows: int, units: int) -> 
 def test_lstm_backward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> None:
     """The lab's half batch (16 rows, 50 units) and sizes that fill no vector or block, or fewer than 16
     units: eagerly (the CPU kernel) and inside XLA (the custom call) the op gives the same bits, and the
-    values of fast_training's XLA loop (here its bits too)."""
+    values of the fused trainer's XLA loop (here its bits too)."""
     import tensorflow as tf
 
     ops = native_ops.load()
@@ -329,7 +330,7 @@ def test_lstm_backward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> 
     hlo = compiled.experimental_get_compiler_ir(*inputs)(stage="hlo")
     assert "lstm_vs_gru_lstm_backward" in hlo and "while" not in hlo  # one call, not XLA's loop
     np.testing.assert_array_equal(compiled(*inputs).numpy(), eager)
-    expected = tf.function(fast_training.lstm_backward_loop, jit_compile=True)(*inputs).numpy()
+    expected = tf.function(fused_trainer.lstm_backward_loop, jit_compile=True)(*inputs).numpy()
     np.testing.assert_allclose(eager, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -375,7 +376,7 @@ def forward_inputs(rng: np.random.Generator, steps: int, rows: int, units: int) 
 @pytest.mark.parametrize("steps, rows, units", [(100, 16, 50), (5, 21, 13), (3, 3, 7), (4, 5, 16), (6, 7, 37)])
 def test_lstm_forward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> None:
     """The lab's half batch and sizes that fill no vector, fewer than 16 units, exactly 16, and an odd row
-    count: eagerly and inside XLA the op gives the same bits, and fast_training's XLA loop's values (here, its
+    count: eagerly and inside XLA the op gives the same bits, and the fused trainer's XLA loop's values (here, its
     bits: the op computes XLA's sigmoid and tanh, operation for operation; another CPU's XLA may sum its
     matmul in another order)."""
     import tensorflow as tf
@@ -386,7 +387,7 @@ def test_lstm_forward_loop_is_xla_s_loop(steps: int, rows: int, units: int) -> N
     compiled = tf.function(lambda *arrays: ops.lstm_forward_loop(*arrays), jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(*inputs)(stage="hlo")
     assert "lstm_vs_gru_lstm_forward" in hlo and "while" not in hlo
-    expected = tf.function(fast_training.lstm_forward_loop, jit_compile=True)(*inputs)
+    expected = tf.function(fused_trainer.lstm_forward_loop, jit_compile=True)(*inputs)
     assert [x.shape for x in eager] == [x.shape for x in expected]
     cell_gate = expected[2].numpy()[:, :, 2 * units:3 * units]
     assert (np.abs(cell_gate) == 1.0).any()  # XLA's tanh gives exactly 1 only past its clamp: inputs reach it

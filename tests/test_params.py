@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import params
+from lstm_vs_gru import params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -140,7 +140,7 @@ def test_plots_show_renders_html(clean, tmp_path):
 
 
 def test_gate_fails_when_a_change_really_hurts_the_model(clean):
-    gate = [sys.executable, "-m", "stages.gate", "--rev", "HEAD"]
+    gate = [sys.executable, "-m", "lstm_vs_gru.cli.gate", "--rev", "HEAD"]
     assert clean.run(*gate).returncode == 0
 
     clean.set_params(**{"pad.maxlen": 5})  # the small archive's last tokens carry no group

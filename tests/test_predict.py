@@ -16,10 +16,12 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages import artifacts, pad, predict, tokenize, train
-from stages.errors import UserError
-from stages.params import PadParams
-from stages.tokenizer import Vocabulary
+from lstm_vs_gru import artifacts
+from lstm_vs_gru.cli import predict
+from stages import pad, tokenize, train
+from lstm_vs_gru.errors import UserError
+from lstm_vs_gru.params import PadParams
+from lstm_vs_gru.tokenizer import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["rec.autos", "sci.space", "talk.politics.misc"]
@@ -316,7 +318,7 @@ def test_a_file_that_is_not_a_model(scratch: Path, capsys) -> None:
 # --- the command as a process -------------------------------------------------------------
 
 def run_module(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    code = ("import sys\nfrom stages import predict\n"
+    code = ("import sys\nfrom lstm_vs_gru.cli import predict\n"
             "try:\n    predict.main(sys.argv[1:])\n"
             "finally:\n    print('tensorflow' in sys.modules, file=sys.stderr)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -334,7 +336,7 @@ def test_errors_come_before_tensorflow(scratch: Path) -> None:
 
 def test_module_entry_point_prints_json_lines(built: Path, predictor: predict.Predictor) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, "-m", "stages.predict", "--json", "-k", "2"], cwd=built, env=env,
+    result = subprocess.run([sys.executable, "-m", "lstm_vs_gru.cli.predict", "--json", "-k", "2"], cwd=built, env=env,
                             input="nasa moon orbit\ncar oil\n", capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = records(result.stdout)
@@ -343,5 +345,5 @@ def test_module_entry_point_prints_json_lines(built: Path, predictor: predict.Pr
 
 
 def test_importing_the_module_does_not_import_tensorflow() -> None:
-    code = "import sys, stages.predict; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, lstm_vs_gru.cli.predict; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

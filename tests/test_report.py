@@ -16,8 +16,10 @@ import pytest
 import yaml
 from sklearn.metrics import confusion_matrix, f1_score
 
-from stages import artifacts, report
-from stages.errors import UserError
+from lstm_vs_gru import artifacts
+from lstm_vs_gru import report
+from stages import report as report_stage
+from lstm_vs_gru.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -132,7 +134,7 @@ def built(request, tmp_path_factory) -> tuple[str, Path]:
     write_fake_run(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        report.write_report(cell)
+        report_stage.write_report(cell)
     return cell, root
 
 
@@ -235,9 +237,9 @@ def test_top_confusions_are_the_largest_off_diagonal_counts():
 
 
 def test_report_is_byte_for_byte_reproducible(run_dir):
-    report.write_report("gru")
+    report_stage.write_report("gru")
     first = {p: p.read_bytes() for p in [artifacts.REPORT_METRICS, *artifacts.REPORT_DIR.iterdir()]}
-    report.write_report("gru")
+    report_stage.write_report("gru")
     assert {p: p.read_bytes() for p in [artifacts.REPORT_METRICS, *artifacts.REPORT_DIR.iterdir()]} == first
 
 
@@ -245,7 +247,7 @@ def test_run_without_validation_figures_shows_dashes(run_dir):
     metrics = {**FAKE_METRICS["lstm"], "val_loss": None, "val_accuracy": None}
     artifacts.write_json(artifacts.metrics_path("lstm"), metrics)
     artifacts.write_table(artifacts.history_path("lstm"), fake_history(FAKE_METRICS["lstm"])[["epoch", "loss", "accuracy"]])
-    report.write_report("lstm")
+    report_stage.write_report("lstm")
     assert artifacts.read_json(artifacts.REPORT_METRICS)["val_accuracy"] is None
     markdown = artifacts.REPORT_MD.read_text(encoding="utf-8")
     assert comparison_row(markdown, "Validation accuracy") == "| Validation accuracy | — | 0.5391 | 0.51 | 0.53 |"
@@ -261,7 +263,7 @@ def test_run_without_validation_figures_shows_dashes(run_dir):
 def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
     missing.unlink()
     with pytest.raises(UserError) as error:
-        report.write_report("gru")
+        report_stage.write_report("gru")
     message = str(error.value)
     assert "\n" not in message
     assert str(missing) in message and f"dvc repro {stage}" in message
@@ -270,7 +272,7 @@ def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
 
 def test_missing_predictions_of_the_other_cell_is_fine(run_dir):
     artifacts.predictions_path("gru").unlink()
-    report.write_report("lstm")
+    report_stage.write_report("lstm")
     assert artifacts.read_json(artifacts.REPORT_METRICS)["cell"] == "lstm"
 
 
@@ -283,14 +285,14 @@ def test_missing_predictions_of_the_other_cell_is_fine(run_dir):
 def test_corrupt_metrics_is_a_one_line_user_error(run_dir, content, expected):
     artifacts.metrics_path("gru").write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(expected)) as error:
-        report.write_report("lstm")
+        report_stage.write_report("lstm")
     assert "\n" not in str(error.value) and "dvc repro train_gru" in str(error.value)
 
 
 def test_predictions_without_a_column_is_a_user_error(run_dir):
     artifacts.write_table(artifacts.predictions_path("lstm"), pd.DataFrame({"actual": GROUPS}))
     with pytest.raises(UserError, match="missing columns predicted"):
-        report.write_report("lstm")
+        report_stage.write_report("lstm")
 
 
 def _run_main(cwd: Path) -> subprocess.CompletedProcess:
@@ -381,5 +383,5 @@ def test_corrupt_gradients_metrics_is_a_one_line_user_error(run_dir):
     artifacts.write_json(artifacts.metrics_path("gradients"), {k: v for k, v in fake_gradients().items()
                                                               if k != "clipping"})
     with pytest.raises(UserError, match=re.escape("missing keys clipping")) as error:
-        report.write_report("lstm")
+        report_stage.write_report("lstm")
     assert "\n" not in str(error.value) and "dvc repro gradients" in str(error.value)

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import artifacts, pad, tokenize
-from stages.tokenizer import Vocabulary
+from lstm_vs_gru import artifacts
+from stages import pad, tokenize
+from lstm_vs_gru.tokenizer import Vocabulary
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +160,7 @@ def test_pad_rejects_inconsistent_offsets(project, capsys):
 
 
 def test_stages_do_not_import_tensorflow_or_keras():
-    code = ("import sys, stages.tokenize, stages.pad, stages.tokenizer; "
+    code = ("import sys, stages.tokenize, stages.pad, lstm_vs_gru.tokenizer; "
             "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
             "assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True)

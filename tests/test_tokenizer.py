@@ -1,4 +1,4 @@
-"""stages.tokenizer against Keras 2 behaviour (keras-preprocessing 1.1.2, which Keras 2 re-exported).
+"""lstm_vs_gru.tokenizer against Keras 2 behaviour (keras-preprocessing 1.1.2, which Keras 2 re-exported).
 
 Quoted from `keras_preprocessing/text.py`:
 
@@ -36,9 +36,9 @@ import string
 import numpy as np
 import pytest
 
-from stages.errors import UserError
-from stages.params import KERAS2_FILTERS
-from stages.tokenizer import (
+from lstm_vs_gru.errors import UserError
+from lstm_vs_gru.params import KERAS2_FILTERS
+from lstm_vs_gru.tokenizer import (
     DEFAULT_FILTERS, Vocabulary, fit, offsets_from_lengths, pad, read_vocabulary, text_to_words,
 )
 

@@ -16,10 +16,13 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages import artifacts, native_ops, train
-from stages.errors import UserError
-from stages.model import expected_param_count
-from stages.params import load
+from lstm_vs_gru import artifacts
+from lstm_vs_gru.fused import native_ops
+from lstm_vs_gru import training
+from stages import train as train_stage
+from lstm_vs_gru.errors import UserError
+from lstm_vs_gru.model import expected_param_count
+from lstm_vs_gru.params import load
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = np.array(["alt.atheism", "comp.graphics", "sci.space"])
@@ -67,7 +70,7 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
     import keras
 
     write_params(project, train={"trainer": trainer})
-    train.main([cell])
+    train_stage.main([cell])
     params = load()
 
     metrics = artifacts.read_json(artifacts.metrics_path(cell))
@@ -85,7 +88,7 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
         assert 0.5 < metrics[key] < 2.0, key
 
     history = pd.read_csv(artifacts.history_path(cell))
-    assert list(history.columns) == list(train.HISTORY_COLUMNS)
+    assert list(history.columns) == list(training.HISTORY_COLUMNS)
     assert history["epoch"].tolist() == [1]
     assert history["val_accuracy"].iloc[-1] == pytest.approx(metrics["val_accuracy"])
     assert history["seconds"].iloc[-1] == pytest.approx(metrics["seconds_per_epoch"])
@@ -118,7 +121,7 @@ def test_same_params_give_identical_metrics(tmp_path: Path, monkeypatch: pytest.
         write_params(directory, train={"epochs": 2})
         write_padded(directory)
         monkeypatch.chdir(directory)
-        train.main(["gru"])
+        train_stage.main(["gru"])
         metrics = artifacts.read_json(artifacts.metrics_path("gru"))
         history = pd.read_csv(artifacts.history_path("gru")).drop(columns="seconds")
         runs.append((metrics, history, artifacts.predictions_path("gru").read_text()))
@@ -133,7 +136,7 @@ def test_lazy_adam_reaches_the_fused_trainer(project: Path) -> None:
     losses = {}
     for lazy in (False, True):
         write_params(project, train={"epochs": 2, "lazy_adam": lazy})
-        train.main(["lstm"])
+        train_stage.main(["lstm"])
         history = pd.read_csv(artifacts.history_path("lstm"))
         losses[lazy] = history["loss"].tolist()
     # the first step starts from m = v = 0, where both update alike; later steps differ on the rows a batch lacks
@@ -144,9 +147,9 @@ def test_failure_after_training_leaves_no_outputs(project: Path, monkeypatch: py
     def broken_evaluate(*args, **kwargs):
         raise RuntimeError("evaluation broke")
 
-    monkeypatch.setattr(train, "evaluate", broken_evaluate)
+    monkeypatch.setattr(training, "evaluate", broken_evaluate)
     with pytest.raises(RuntimeError, match="evaluation broke"):
-        train.main(["lstm"])
+        train_stage.main(["lstm"])
     assert not any(path.exists() for path in outputs("lstm"))
     assert not (project / "models").exists() and not (project / "metrics").exists()
 
@@ -157,7 +160,7 @@ def test_failure_while_saving_leaves_no_model(project: Path, monkeypatch: pytest
 
     monkeypatch.setattr(artifacts, "write_table", broken_write_table)
     with pytest.raises(OSError, match="disk full"):
-        train.main(["lstm"])
+        train_stage.main(["lstm"])
     # the model was renamed into place, but metrics (written last) never appeared
     assert not artifacts.metrics_path("lstm").exists()
     assert not list((project / "models").glob(".*")), "temporary model file left behind"
@@ -197,38 +200,38 @@ def test_bad_params_fail_in_one_line_before_tensorflow(project: Path) -> None:
 @pytest.mark.parametrize("argv", [[], ["lstm", "gru"]])
 def test_bad_command_line_is_a_user_error(argv: list[str]) -> None:
     with pytest.raises(UserError, match="python -m stages.train"):
-        train.parse_cell(argv)
+        train_stage.parse_cell(argv)
 
 
 def test_missing_padded_arrays(project: Path) -> None:
     artifacts.padded_path("test").unlink()
     with pytest.raises(UserError, match=r"data/padded/test.npz: not found"):
-        train.load_inputs(load())
+        training.load_inputs(load())
 
 
 def test_token_ids_beyond_num_words(project: Path) -> None:
     write_padded(project, top_id=NUM_WORDS + 5)
     with pytest.raises(UserError, match="tokenize.num_words"):
-        train.load_inputs(load())
+        training.load_inputs(load())
 
 
 def test_maxlen_mismatch(project: Path) -> None:
     write_params(project, pad={"maxlen": MAXLEN + 1})
     with pytest.raises(UserError, match="pad.maxlen"):
-        train.load_inputs(load())
+        training.load_inputs(load())
 
 
 def test_validation_split_leaving_nothing_to_train(project: Path) -> None:
     write_padded(project, n_train=3)
     write_params(project, train={"validation_split": 0.5})
-    train.load_inputs(load())  # floor(3 * 0.5) = 1 to train on, 2 to validate: fine
+    training.load_inputs(load())  # floor(3 * 0.5) = 1 to train on, 2 to validate: fine
     write_params(project, train={"validation_split": 0.7})
     with pytest.raises(UserError, match="validation_split = 0.7"):
-        train.load_inputs(load())  # floor(3 * 0.3) = 0 to train on
+        training.load_inputs(load())  # floor(3 * 0.3) = 0 to train on
 
 
 def test_history_rows_without_validation() -> None:
-    rows = train.history_rows({"loss": [1.23456789, 0.5], "accuracy": [0.25, 0.5], "seconds": [2.34567, 1.0]})
+    rows = training.history_rows({"loss": [1.23456789, 0.5], "accuracy": [0.25, 0.5], "seconds": [2.34567, 1.0]})
     assert rows == [
         {"epoch": 1, "loss": 1.234568, "accuracy": 0.25, "val_loss": None, "val_accuracy": None, "seconds": 2.346},
         {"epoch": 2, "loss": 0.5, "accuracy": 0.5, "val_loss": None, "val_accuracy": None, "seconds": 1.0},
@@ -236,10 +239,10 @@ def test_history_rows_without_validation() -> None:
 
 
 def test_summarize_takes_the_last_epoch_and_mean_seconds() -> None:
-    rows = train.history_rows({"loss": [2.0, 1.0], "accuracy": [0.1, 0.2], "val_loss": [2.5, 1.5],
+    rows = training.history_rows({"loss": [2.0, 1.0], "accuracy": [0.1, 0.2], "val_loss": [2.5, 1.5],
                                "val_accuracy": [0.3, 0.4], "seconds": [10.0, 20.0]})
     scores = {"test_loss": 1.23456789, "test_accuracy": 0.5, "test_macro_f1": 0.4}
-    metrics = train.summarize("gru", 123, rows, scores, "xla")
+    metrics = training.summarize("gru", 123, rows, scores, "xla")
     assert list(metrics) == METRIC_KEYS
     assert metrics == {"cell": "gru", "params": 123, "epochs": 2, "trained_with": "xla", "seconds_per_epoch": 15.0, "train_loss": 1.0,
                        "train_accuracy": 0.2, "val_loss": 1.5, "val_accuracy": 0.4, "test_loss": 1.234568,
@@ -252,26 +255,39 @@ def test_a_gpu_trains_with_keras_and_says_so(capsys) -> None:
     run cuDNN's kernels; without one, train.trainer stands. (Checked here with a device count: this suite
     runs on CPUs.)"""
     fused = load().train
-    assert train.trainer_for_device(fused, 0) == "fused" and capsys.readouterr().err == ""
-    assert train.trainer_for_device(fused, 1) == "keras"
+    assert training.trainer_for_device(fused, 0) == "fused" and capsys.readouterr().err == ""
+    assert training.trainer_for_device(fused, 1) == "keras"
     assert "1 GPU(s) found: training with Keras's model.fit (cuDNN)" in capsys.readouterr().err
     keras_trainer = replace(fused, trainer="keras")
-    assert train.trainer_for_device(keras_trainer, 2) == "keras" and capsys.readouterr().err == ""
+    assert training.trainer_for_device(keras_trainer, 2) == "keras" and capsys.readouterr().err == ""
     with pytest.raises(UserError, match="train.lazy_adam = true needs the fused trainer.*1 GPU"):
-        train.trainer_for_device(replace(fused, lazy_adam=True), 1)
+        training.trainer_for_device(replace(fused, lazy_adam=True), 1)
 
 
 def test_trained_with_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert train.trained_with("keras") == "keras"
+    assert training.trained_with("keras") == "keras"
     monkeypatch.setattr(native_ops, "load", lambda: None)
-    assert train.trained_with("fused") == "xla"
+    assert training.trained_with("fused") == "xla"
     monkeypatch.setattr(native_ops, "load", lambda: object())
-    assert train.trained_with("fused") == "native"
+    assert training.trained_with("fused") == "native"
 
 
 def test_a_bad_native_mode_fails_before_training(project: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv(native_ops.NATIVE_ENV, "sometimes")
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["lstm"])
+        train_stage.main(["lstm"])
     assert exit_info.value.code == 2 and "LSTM_VS_GRU_NATIVE='sometimes'" in capsys.readouterr().err
     assert not artifacts.metrics_path("lstm").exists()
+
+
+def test_without_the_fused_package_training_uses_keras(project: Path, tmp_path: Path) -> None:
+    """lstm_vs_gru/fused is the one optional part: a copy of the project without it trains with model.fit,
+    says so in one line, and records the path."""
+    copy = tmp_path / "without_fused"
+    shutil.copytree(ROOT / "lstm_vs_gru", copy / "lstm_vs_gru", ignore=shutil.ignore_patterns("fused", "__pycache__"))
+    shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "stages.train", "lstm"], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(copy)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "lstm_vs_gru.fused is not installed: training with Keras's model.fit instead of the fused trainer" in done.stderr
+    assert artifacts.read_json(project / artifacts.metrics_path("lstm"))["trained_with"] == "keras"

@@ -27,8 +27,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from stages.artifacts import VOCAB
-from stages.errors import UserError
+from lstm_vs_gru import artifacts
+from lstm_vs_gru.artifacts import VOCAB
+from lstm_vs_gru.errors import UserError
 
 DEFAULT_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 SPLIT = " "
@@ -215,3 +216,17 @@ def pad(ids: np.ndarray, offsets: np.ndarray, maxlen: int, padding: str = "pre",
     out = np.zeros((len(kept), maxlen), dtype=np.int32)
     out[filled] = ids[(source_start[:, None] + step)[filled]]
     return out
+
+
+TOKEN_ARRAYS = ("ids", "offsets", "labels", "groups", "vocabulary_sha256")
+
+
+def read_tokens(split: str) -> dict[str, np.ndarray]:
+    """The ragged token arrays of one split, checked to be consistent."""
+    path = artifacts.tokens_path(split)
+    arrays = artifacts.read_stage_npz(path, TOKEN_ARRAYS, "tokenize")
+    ids, offsets, labels = arrays["ids"], arrays["offsets"], arrays["labels"]
+    if (offsets.ndim != 1 or len(offsets) != len(labels) + 1 or offsets[0] != 0 or offsets[-1] != len(ids)
+            or np.any(np.diff(offsets) < 0)):
+        raise UserError(f"{path}: offsets do not match ids and labels (re-run the tokenize stage)")
+    return arrays

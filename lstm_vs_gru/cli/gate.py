@@ -2,10 +2,10 @@
 
 `dvc metrics diff` only reports; this turns the same numbers into an exit status.
 
-    python -m stages.gate                      # workspace vs HEAD, rules from gate.yaml
-    python -m stages.gate --rev main           # vs any Git revision or DVC experiment name
-    python -m stages.gate --baseline saved.json
-    python -m stages.gate --baseline metrics/lstm.json=old/lstm.json
+    python -m lstm_vs_gru.cli.gate                      # workspace vs HEAD, rules from gate.yaml
+    python -m lstm_vs_gru.cli.gate --rev main           # vs any Git revision or DVC experiment name
+    python -m lstm_vs_gru.cli.gate --baseline saved.json
+    python -m lstm_vs_gru.cli.gate --baseline metrics/lstm.json=old/lstm.json
 
 Current values are read from the metrics files in the working tree (paths relative to the
 current directory, normally the project root). The baseline is one of:
@@ -47,7 +47,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from stages.errors import UserError, exits_cleanly
+from lstm_vs_gru.artifacts import is_number
+from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
 
 RULES = Path("gate.yaml")
 SCRIPT = "lstm-vs-gru-gate"
@@ -348,17 +349,13 @@ def baseline_from_arguments(specs: Sequence[str], files: Sequence[str]) -> Snaps
 
 # --- comparing ---------------------------------------------------------------------------
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_nan(value: Any) -> bool:
-    return _is_number(value) and not math.isfinite(value)
+    return is_number(value) and not math.isfinite(value)
 
 
 def tolerance(rule: Rule, baseline: Any) -> float:
     """The bad-direction change a rule allows from this baseline value."""
-    relative = rule.rel_tol * abs(baseline) if _is_number(baseline) and math.isfinite(baseline) else 0.0
+    relative = rule.rel_tol * abs(baseline) if is_number(baseline) and math.isfinite(baseline) else 0.0
     return max(rule.abs_tol, relative)
 
 
@@ -369,7 +366,7 @@ def _beyond(bad_change: float, allowed: float) -> bool:
 
 def is_regression(rule: Rule, baseline: Any, current: Any) -> bool:
     """Whether current moved in the bad direction, beyond the tolerance, from baseline."""
-    if rule.better == "equal" and not (_is_number(baseline) and _is_number(current)):
+    if rule.better == "equal" and not (is_number(baseline) and is_number(current)):
         return baseline != current
     change = current - baseline
     bad_change = {"higher": -change, "lower": change, "equal": abs(change)}[rule.better]
@@ -393,7 +390,7 @@ def verdict(rule: Rule, baseline: Any, current: Any, allow_new: bool = False) ->
     if not rule.gate:
         return REPORT_ONLY
     needs_number = rule.better != "equal" or rule.min is not None or rule.max is not None
-    if needs_number and not _is_number(current):
+    if needs_number and not is_number(current):
         return NOT_NUMERIC
     if rule.min is not None and current < rule.min:
         return BELOW_FLOOR
@@ -403,7 +400,7 @@ def verdict(rule: Rule, baseline: Any, current: Any, allow_new: bool = False) ->
         return NEW if allow_new and baseline.verdict == MISSING else baseline.verdict
     if _is_nan(baseline):
         return NAN
-    if needs_number and not _is_number(baseline):
+    if needs_number and not is_number(baseline):
         return NOT_NUMERIC
     return REGRESSION if is_regression(rule, baseline, current) else OK
 
@@ -420,7 +417,7 @@ def describe_change(baseline: Any, current: Any) -> str:
     """current - baseline (and in percent), or 'same'/'changed' for text."""
     if isinstance(baseline, Absent) or isinstance(current, Absent):
         return ""
-    if _is_number(baseline) and _is_number(current):
+    if is_number(baseline) and is_number(current):
         change = current - baseline
         if not math.isfinite(change):
             return "nan" if math.isnan(change) else f"{change}"
@@ -506,16 +503,9 @@ def render_json(rows: Sequence[Row], baseline_label: str) -> str:
 
 # --- command line ------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one `error: ...` line (via UserError)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    prog = SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python -m stages.gate"
-    parser = _Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog = SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python -m lstm_vs_gru.cli.gate"
+    parser = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--rev", default=None, help="Git revision or DVC experiment to compare with (default HEAD)")
     source.add_argument("--baseline", action="append", metavar="FILE|TARGET=FILE",

@@ -3,7 +3,7 @@
     lstm-vs-gru-predict "NASA delayed the launch" "my SCSI drive will not boot"   # one document per argument
     lstm-vs-gru-predict --file posts.txt            # one document per line
     lstm-vs-gru-predict --file posts.jsonl --json   # JSON Lines in ({"text": ...}), JSON Lines out
-    cat posts.txt | python -m stages.predict --cell gru --top-k 5
+    cat posts.txt | python -m lstm_vs_gru.cli.predict --cell gru --top-k 5
 
 Input: the TEXT arguments, else `--file PATH` (`-` means standard input), else standard input.
 Plain input is one document per line, so a post that spans lines must come as JSON Lines: one
@@ -29,7 +29,7 @@ Every problem is one line, `error: ...`, exit status 2.
 
 From Python, in the project root (or pass `root=`):
 
-    from stages.predict import predict, load_predictor, classify
+    from lstm_vs_gru.cli.predict import predict, load_predictor, classify
     predict(["NASA delayed the launch"])      # [[("sci.space", 0.91), ("sci.electronics", 0.03), ...]]
     predictor = load_predictor("gru")         # load once ...
     classify(predictor, texts, top_k=5)       # ... then classify any number of batches
@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
 
 import numpy as np
 
-from stages import artifacts, params
-from stages.errors import UserError, exits_cleanly
-from stages.tokenizer import Vocabulary, pad
+from lstm_vs_gru import artifacts, params
+from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
+from lstm_vs_gru.tokenizer import Vocabulary, pad
 
 if TYPE_CHECKING:  # annotations only; importing Keras costs seconds and is done only to run a model
     import keras
@@ -328,13 +328,6 @@ def table(documents: Sequence[Document], ranked: list[list[tuple[str, float]]], 
     return "\n".join(rows) + "\n"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as a UserError: one line, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
-
-
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -344,7 +337,7 @@ def _positive(value: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # The module docstring up to its Python part is the command's manual: input and output formats.
-    parser = _OneLineParser(prog="lstm-vs-gru-predict", description=__doc__.split("\nFrom Python")[0],
+    parser = OneLineParser(prog="lstm-vs-gru-predict", description=__doc__.split("\nFrom Python")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="Run it in the project root (where params.yaml is).")
     parser.add_argument("text", nargs="*", help="texts to classify, one document each")
@@ -363,7 +356,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m stages.predict` and `lstm-vs-gru-predict`."""
+    """Entry point of `python -m lstm_vs_gru.cli.predict` and `lstm-vs-gru-predict`."""
     args = parse_args(argv)
     documents = gather_documents(args, sys.stdin)
     predictor = load_predictor(args.cell)

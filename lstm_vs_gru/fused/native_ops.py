@@ -1,4 +1,4 @@
-"""The fused trainer's C++ TensorFlow ops (stages/native_ops.cc), built on first use against the installed
+"""The fused trainer's C++ TensorFlow ops (lstm_vs_gru/fused/native_ops.cc), built on first use against the installed
 TensorFlow with the machine's C++ compiler and kept in the user's cache folder.
 
 `load()` returns the loaded op module (`tf.load_op_library`: `exact_sparse_adam`, `lstm_forward_loop`,
@@ -34,8 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
-from stages.compile_cache import DISABLED, cpu_features, tensorflow_version, user_cache_home
-from stages.errors import UserError
+from lstm_vs_gru.fused.compile_cache import DISABLED, cpu_features, tensorflow_version, user_cache_home
+from lstm_vs_gru.errors import UserError
 
 NATIVE_ENV = "LSTM_VS_GRU_NATIVE"
 TARGET_ENV = "LSTM_VS_GRU_NATIVE_TARGET"
@@ -220,7 +220,7 @@ def load() -> Any:
 
 def main() -> None:
     """Build the library now (as an install step) rather than in the first training stage: `python -m
-    stages.native_ops`. Exit status 1 where it cannot be built, after the reason."""
+    lstm_vs_gru.fused.native_ops`. Exit status 1 where it cannot be built, after the reason."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ[NATIVE_ENV] = "required"
     march = target()

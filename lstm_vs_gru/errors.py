@@ -1,6 +1,7 @@
 """User-facing errors: one line on stderr, a non-zero exit, no traceback."""
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from typing import Callable, TypeVar
@@ -24,3 +25,10 @@ def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
             raise SystemExit(2) from None
 
     return wrapper
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as a UserError: `error: <prog>: <message>`, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")

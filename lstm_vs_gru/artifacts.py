@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from stages.errors import UserError
+from lstm_vs_gru.errors import UserError
 
 SPLITS = ("train", "test")
 CELLS = ("lstm", "gru")
@@ -177,6 +178,21 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
+
+
+def is_number(value: object) -> bool:
+    """Whether a value read from JSON is a number (int or float, not bool; NaN and infinities included)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    return is_number(value) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def write_png(figure: "matplotlib.figure.Figure", path: str | os.PathLike) -> None:  # noqa: F821
+    """Write a figure as PNG atomically; no Software metadata, so the bytes do not change with matplotlib's version."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -1,5 +1,5 @@
-// TensorFlow ops in C++ for the fused trainer (stages/fast_training.py), built on first use by
-// stages/native_ops.py against the installed TensorFlow.
+// TensorFlow ops in C++ for the fused trainer (lstm_vs_gru/fused/trainer.py), built on first use by
+// lstm_vs_gru/fused/native_ops.py against the installed TensorFlow.
 //
 // ExactSparseAdam: keras.optimizers.Adam's update of a whole embedding table from a sparse gradient, as
 // ExactAdam.apply_sparse computes it (every row moves every step), in one pass over the table on all of
@@ -13,7 +13,7 @@
 // The sums run in occurrence order and each row's update is independent of the others: the same inputs
 // give the same bits whatever the thread count.
 //
-// LstmForwardLoop and LstmBackwardLoop: the LSTM's two loops of fast_training.lstm_recurrence, for use inside
+// LstmForwardLoop and LstmBackwardLoop: the LSTM's two loops of trainer.lstm_recurrence, for use inside
 // its XLA program: XLA lowers each op to a call of this code (an XLA FFI custom call), where XLA's own loop
 // dispatches a small matmul and a few element-wise kernels per step, and compiles a while loop of them.
 // Outside XLA (the validation pass) the forward loop runs as a CPU kernel, its rows split over TensorFlow's
@@ -89,7 +89,7 @@ void RecurrentMatmul(const float* rt, const float* dz, float* out, int rows, int
 }
 
 // --- the LSTM's forward loop ---------------------------------------------------------------------------
-// Per step, as fast_training.lstm_recurrence's XLA loop computes it (Keras' arithmetic):
+// Per step, as trainer.lstm_recurrence's XLA loop computes it (Keras' arithmetic):
 //
 //   z = (xw[t] + h @ R) + b;  i, f, o = sigmoid(z[i], z[f], z[o]);  g = tanh(z[c])
 //   c' = f * c + i * g;  h' = o * tanh(c')   ->  hs[t] = h', cs[t] = c', gates[t] = [i, f, g, o]
@@ -251,7 +251,7 @@ void LstmForward(int64_t steps, int64_t rows, int64_t units, const float* xw, co
 
 // --- the LSTM's backward loop --------------------------------------------------------------------------
 // One block of 16 units of a row at step t: from the gates [i, f, g, o], the cell c and the one before it,
-// the factors fast_training's XLA code computes in bulk before its loop (the same operations, so the same
+// the factors the fused trainer's XLA code computes in bulk before its loop (the same operations, so the same
 // bits: tanh is XLA's), then the loop's step. The carried cell gradient is read from one buffer and written
 // to another, so that a block overlapping the one before it computes the same values again.
 inline void LstmBackwardBlock(const float* gates, const float* c, const float* c_prev, const float* d_h,
@@ -522,7 +522,7 @@ REGISTER_OP("LstmBackwardLoop")
     .Doc(R"doc(
 The LSTM's backward loop: the gate pre-activations' gradients dzs (steps, rows, 4 units) from the states'
 gradients d_hs and the cells cs (steps, rows, units), the gates [i, f, g, o] (steps, rows, 4 units) and
-the recurrent kernel (units, 4 units). See stages/native_ops.cc.
+the recurrent kernel (units, 4 units). See lstm_vs_gru/fused/native_ops.cc.
 )doc");
 
 absl::Status CheckLoopShapes(const TensorShape& d_hs, const TensorShape& cs, const TensorShape& gates,
@@ -599,7 +599,7 @@ REGISTER_OP("LstmForwardLoop")
     .Doc(R"doc(
 The LSTM's forward loop from the input projection xw (steps, rows, 4 units), the recurrent kernel (units,
 4 units) and the bias (4 units): the states hs and cells cs (steps, rows, units) and the gates [i, f, g, o]
-(steps, rows, 4 units). See stages/native_ops.cc.
+(steps, rows, 4 units). See lstm_vs_gru/fused/native_ops.cc.
 )doc");
 
 absl::Status CheckForwardShapes(const TensorShape& xw, const TensorShape& kernel, const TensorShape& bias) {

@@ -10,7 +10,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from stages.params import ModelParams
+from lstm_vs_gru.params import ModelParams
 
 if TYPE_CHECKING:  # only for annotations; never imported at run time
     import keras

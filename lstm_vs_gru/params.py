@@ -10,14 +10,14 @@ from typing import Any, Callable
 
 import yaml
 
-from stages.artifacts import PARAMS
-from stages.errors import UserError
+from lstm_vs_gru.artifacts import PARAMS
+from lstm_vs_gru.errors import UserError
 
 REMOVE_CHOICES = ("headers", "footers", "quotes")
 SIDE_CHOICES = ("pre", "post")
 CELL_CHOICES = ("lstm", "gru")
 GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
-TRAINER_CHOICES = ("fused", "keras")  # stages.fast_training.fast_fit, or Keras's own model.fit
+TRAINER_CHOICES = ("fused", "keras")  # lstm_vs_gru.fused.trainer.fast_fit, or Keras's own model.fit
 KERAS2_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
 

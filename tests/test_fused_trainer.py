@@ -8,9 +8,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stages import fast_training
-from stages.model import build_model, seed_everything
-from stages.params import ModelParams
+from lstm_vs_gru.fused import trainer as fused_trainer
+from lstm_vs_gru.model import build_model, seed_everything
+from lstm_vs_gru.params import ModelParams
 
 NUM_WORDS, MAXLEN, N_CLASSES = 40, 9, 3
 TINY = ModelParams(embedding_dim=5, units=6, dense_units=4, dropout=0.0, gru_reset_after=True)
@@ -27,8 +27,8 @@ def keras_recurrent(cell: str, reset_after: bool):
 def fused_sequence(cell: str, reset_after: bool, x, layer):
     weights = [w.value for w in (layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias)]
     if cell == "lstm":
-        return fast_training.lstm_sequence(x, *weights)
-    return fast_training.gru_sequence(x, *weights, reset_after=reset_after)
+        return fused_trainer.lstm_sequence(x, *weights)
+    return fused_trainer.gru_sequence(x, *weights, reset_after=reset_after)
 
 
 @pytest.mark.parametrize("cell, reset_after", [("lstm", True), ("gru", True), ("gru", False)])
@@ -64,7 +64,7 @@ def test_embedding_projection_is_gather_then_matmul_with_per_occurrence_table_gr
     rows = np.pad(rows, (0, 3)).astype(np.int32)  # padded like a plan pads them
     upstream = tf.constant(rng.normal(size=(MAXLEN, 4, 8)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
-        fused = fast_training.embedding_projection(table, ids, rows, slots.astype(np.int32), kernel)
+        fused = fused_trainer.embedding_projection(table, ids, rows, slots.astype(np.int32), kernel)
         plain = tf.transpose(tf.matmul(tf.gather(table, ids), kernel), (1, 0, 2))
         fused_loss, plain_loss = tf.reduce_sum(fused * upstream), tf.reduce_sum(plain * upstream)
     np.testing.assert_allclose(fused.numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
@@ -87,7 +87,7 @@ def test_exact_adam_matches_keras_adam_on_repeated_sparse_rows() -> None:
     ours = [tf.Variable(value) for value in start]
     theirs = [keras.Variable(value) for value in start]
     keras_adam = keras.optimizers.Adam(learning_rate=0.01)
-    exact_adam = fast_training.ExactAdam(ours, learning_rate=0.01)
+    exact_adam = fused_trainer.ExactAdam(ours, learning_rate=0.01)
     after_first = None
     for step in range(4):
         indices = tf.constant([2, 2, 5] if step == 0 else [1, 4, 1, 1, 0])  # repeated rows
@@ -110,7 +110,7 @@ def test_lazy_adam_updates_only_the_gradient_rows_as_lazy_adam_does() -> None:
     rng = np.random.default_rng(5)
     start = rng.normal(size=(6, 4)).astype(np.float32)
     table = tf.Variable(start)
-    lazy_adam = fast_training.ExactAdam([table], learning_rate=0.01, lazy=True)
+    lazy_adam = fused_trainer.ExactAdam([table], learning_rate=0.01, lazy=True)
 
     @tf.function(jit_compile=True)  # as FastTrainer runs it
     def step(update: tf.IndexedSlices) -> None:
@@ -141,12 +141,12 @@ def test_fused_trainer_with_lazy_adam_leaves_rows_outside_the_batch_alone() -> N
     tables = {}
     for lazy in (False, True):
         model = tiny_model("lstm")
-        trainer = fast_training.FastTrainer(model, 0.01, lazy_adam=lazy)
-        dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fast_training.dropout_layers(model)]
+        trainer = fused_trainer.FastTrainer(model, 0.01, lazy_adam=lazy)
+        dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fused_trainer.dropout_layers(model)]
         after = [trainer.weights[0].numpy().copy()]
         for batch in (slice(0, 4), slice(4, 8)):  # one step each, in this order
-            plan = fast_training.epoch_plan(x[batch], y[batch], 4, seed=0, epoch=0, dropout=dropout, shuffle=False)
-            trainer.run_epoch(plan, fast_training.distinct_size([plan], 4 * MAXLEN // 2))
+            plan = fused_trainer.epoch_plan(x[batch], y[batch], 4, seed=0, epoch=0, dropout=dropout, shuffle=False)
+            trainer.run_epoch(plan, fused_trainer.distinct_size([plan], 4 * MAXLEN // 2))
             after.append(trainer.weights[0].numpy().copy())  # the embedding table
         tables[lazy] = after
     np.testing.assert_allclose(tables[True][1], tables[False][1], rtol=1e-6, atol=1e-7)  # from m = v = 0: alike
@@ -164,7 +164,7 @@ def test_fused_trainer_with_lazy_adam_leaves_rows_outside_the_batch_alone() -> N
 
 def native_ops_built() -> bool:
     """Whether the native ops load here; with a C++ compiler they must (tests/test_native_ops.py)."""
-    from stages import native_ops
+    from lstm_vs_gru.fused import native_ops
 
     return native_ops.load() is not None
 
@@ -185,7 +185,7 @@ def tiny_model(cell: str, model_params: ModelParams = TINY):
 def test_fused_epoch_matches_model_fit(cell: str, batch_size: int, native: bool) -> None:
     """Same start, same batches (no shuffle, dropout 0): model.fit and the fused trainer end at the same
     weights, up to float rounding. batch_size 5 runs unsplit and fills up its last batch with weight-0 rows.
-    Both ways of updating the table: the native op (stages/native_ops.cc) and XLA."""
+    Both ways of updating the table: the native op (lstm_vs_gru/fused/native_ops.cc) and XLA."""
     import keras
 
     x, y = tiny_data(13)
@@ -193,12 +193,12 @@ def test_fused_epoch_matches_model_fit(cell: str, batch_size: int, native: bool)
     plain.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     plain.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     fused = tiny_model(cell)
-    trainer = fast_training.FastTrainer(fused, 0.01, native=native)
+    trainer = fused_trainer.FastTrainer(fused, 0.01, native=native)
     assert (trainer.native_ops is not None) == (native and native_ops_built())
-    dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fast_training.dropout_layers(fused)]
-    plan = fast_training.epoch_plan(x, y, batch_size, seed=0, epoch=0, dropout=dropout, shuffle=False)
-    assert plan.ids.shape[:2] == (-(-13 // batch_size), fast_training.split_count(batch_size))
-    loss_sum, _ = trainer.run_epoch(plan, fast_training.distinct_size([plan], MAXLEN * batch_size))
+    dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fused_trainer.dropout_layers(fused)]
+    plan = fused_trainer.epoch_plan(x, y, batch_size, seed=0, epoch=0, dropout=dropout, shuffle=False)
+    assert plan.ids.shape[:2] == (-(-13 // batch_size), fused_trainer.split_count(batch_size))
+    loss_sum, _ = trainer.run_epoch(plan, fused_trainer.distinct_size([plan], MAXLEN * batch_size))
     assert np.isfinite(loss_sum) and loss_sum > 0
     start = tiny_model(cell).trainable_variables
     for initial, expected, got in zip(start, plain.trainable_variables, fused.trainable_variables):
@@ -215,7 +215,7 @@ def test_fast_fit_is_deterministic_and_its_validation_figures_are_the_model_s() 
     runs = []
     for _ in range(2):
         model = tiny_model("lstm", params)
-        history = fast_training.fast_fit(model, x, y, epochs=2, batch_size=8, learning_rate=0.01,
+        history = fused_trainer.fast_fit(model, x, y, epochs=2, batch_size=8, learning_rate=0.01,
                                          validation_split=0.25, seed=3)
         runs.append((history, [w.numpy() for w in model.trainable_variables]))
     (first, first_weights), (second, second_weights) = runs
@@ -231,10 +231,10 @@ def test_fast_fit_is_deterministic_and_its_validation_figures_are_the_model_s() 
 def test_validation_in_several_calls_gives_the_figures_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """More validation rows than EVAL_BATCH: several calls, the last one filled up with weight-0 rows."""
     x, y = tiny_data(11, seed=6)
-    trainer = fast_training.FastTrainer(tiny_model("lstm"), 0.01)
-    whole = fast_training.evaluate_split(trainer, x, y)
-    monkeypatch.setattr(fast_training, "EVAL_BATCH", 3)  # 4 calls of 3 rows, the last one with 1 filler row
-    split = fast_training.evaluate_split(trainer, x, y)
+    trainer = fused_trainer.FastTrainer(tiny_model("lstm"), 0.01)
+    whole = fused_trainer.evaluate_split(trainer, x, y)
+    monkeypatch.setattr(fused_trainer, "EVAL_BATCH", 3)  # 4 calls of 3 rows, the last one with 1 filler row
+    split = fused_trainer.evaluate_split(trainer, x, y)
     assert split["val_accuracy"] == whole["val_accuracy"] and 0 < whole["val_loss"] < 10
     assert split["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-6)
 
@@ -246,7 +246,7 @@ def test_fast_fit_calls_callbacks_with_one_shared_logs_dict() -> None:
     seen: list[tuple[int, dict]] = []
     add = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(extra=epoch * 10))
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append((epoch, dict(logs))))
-    history = fast_training.fast_fit(tiny_model("gru"), x, y, epochs=2, batch_size=4, learning_rate=0.01,
+    history = fused_trainer.fast_fit(tiny_model("gru"), x, y, epochs=2, batch_size=4, learning_rate=0.01,
                                      validation_split=0.0, seed=0, callbacks=[add, record])
     assert [epoch for epoch, _ in seen] == [0, 1] and seen[1][1]["extra"] == 10
     assert history["extra"] == [0, 10] and "val_loss" not in history
@@ -254,7 +254,7 @@ def test_fast_fit_calls_callbacks_with_one_shared_logs_dict() -> None:
 
 def test_epoch_plan_batches_every_sample_once_with_consistent_slots_and_masks() -> None:
     x, y = tiny_data(23)
-    plan = fast_training.epoch_plan(x, y, 6, seed=1, epoch=0, dropout=[(0.5, 7), (0.25, 3)])
+    plan = fused_trainer.epoch_plan(x, y, 6, seed=1, epoch=0, dropout=[(0.5, 7), (0.25, 3)])
     steps, parts, size = plan.ids.shape[:3]
     assert (steps, parts, size) == (4, 2, 3)
     real = plan.weights.reshape(-1) == 1.0
@@ -269,22 +269,22 @@ def test_epoch_plan_batches_every_sample_once_with_consistent_slots_and_masks() 
         for part in range(parts):
             time_major = plan.ids[step, part].T.reshape(-1)
             assert np.array_equal(plan.rows[step][part][plan.slots[step, part]], time_major)
-    width = fast_training.distinct_size([plan], MAXLEN * size)  # at most a part's positions
+    width = fused_trainer.distinct_size([plan], MAXLEN * size)  # at most a part's positions
     assert width == MAXLEN * size
     padded = plan.padded_rows(width)
     n_distinct = len(plan.rows[0][0])
     assert padded.shape == (steps, parts, width) and padded[0, 0, n_distinct:].tolist() == [0] * (width - n_distinct)
     assert [mask.shape for mask in plan.keep] == [(4, 2, 3, 7), (4, 2, 3, 3)]
     assert all(mask.dtype == bool for mask in plan.keep)
-    again = fast_training.epoch_plan(x, y, 6, seed=1, epoch=0, dropout=[(0.5, 7), (0.25, 3)])
+    again = fused_trainer.epoch_plan(x, y, 6, seed=1, epoch=0, dropout=[(0.5, 7), (0.25, 3)])
     assert np.array_equal(again.ids, plan.ids) and all(np.array_equal(a, b) for a, b in zip(again.keep, plan.keep))
-    other = fast_training.epoch_plan(x, y, 6, seed=1, epoch=1, dropout=[(0.5, 7), (0.25, 3)])
+    other = fused_trainer.epoch_plan(x, y, 6, seed=1, epoch=1, dropout=[(0.5, 7), (0.25, 3)])
     assert not np.array_equal(other.ids, plan.ids)
 
 
 def test_dropout_masks_keep_the_expected_share() -> None:
     x, y = tiny_data(2000)
-    plan = fast_training.epoch_plan(x, y, 32, seed=0, epoch=0, dropout=[(0.5, 50), (0.2, 50)])
+    plan = fused_trainer.epoch_plan(x, y, 32, seed=0, epoch=0, dropout=[(0.5, 50), (0.2, 50)])
     real = plan.weights == 1.0
     assert plan.keep[0][real].mean() == pytest.approx(0.5, abs=0.01)
     assert plan.keep[1][real].mean() == pytest.approx(0.8, abs=0.01)
@@ -293,7 +293,7 @@ def test_dropout_masks_keep_the_expected_share() -> None:
 def test_supports_only_the_chains_it_reproduces() -> None:
     import keras
 
-    assert fast_training.supports(tiny_model("lstm")) and fast_training.supports(tiny_model("gru"))
+    assert fused_trainer.supports(tiny_model("lstm")) and fused_trainer.supports(tiny_model("gru"))
     tokens = keras.Input(shape=(MAXLEN,), dtype="int32")
 
     def chain(*layers):
@@ -302,17 +302,17 @@ def test_supports_only_the_chains_it_reproduces() -> None:
             x = layer(x)
         return keras.Model(tokens, x)
 
-    assert not fast_training.supports(chain(keras.layers.Embedding(NUM_WORDS, 4), keras.layers.SimpleRNN(3)))
-    assert not fast_training.supports(chain(keras.layers.Embedding(NUM_WORDS, 4, mask_zero=True),
+    assert not fused_trainer.supports(chain(keras.layers.Embedding(NUM_WORDS, 4), keras.layers.SimpleRNN(3)))
+    assert not fused_trainer.supports(chain(keras.layers.Embedding(NUM_WORDS, 4, mask_zero=True),
                                             keras.layers.LSTM(3, return_sequences=True)))
-    assert not fast_training.supports(chain(keras.layers.Embedding(NUM_WORDS, 4),
+    assert not fused_trainer.supports(chain(keras.layers.Embedding(NUM_WORDS, 4),
                                             keras.layers.LSTM(3, return_sequences=True, recurrent_dropout=0.1)))
-    assert not fast_training.supports(chain(keras.layers.Embedding(NUM_WORDS, 4),
+    assert not fused_trainer.supports(chain(keras.layers.Embedding(NUM_WORDS, 4),
                                             keras.layers.GRU(3, return_sequences=True),
                                             keras.layers.BatchNormalization()))
     with pytest.raises(ValueError, match="fast training needs"):
-        fast_training.FastTrainer(chain(keras.layers.Embedding(NUM_WORDS, 4), keras.layers.SimpleRNN(3)), 0.01)
+        fused_trainer.FastTrainer(chain(keras.layers.Embedding(NUM_WORDS, 4), keras.layers.SimpleRNN(3)), 0.01)
 
 
 def test_split_count_is_a_fixed_rule() -> None:
-    assert [fast_training.split_count(n) for n in (1, 2, 3, 32, 33)] == [1, 2, 1, 2, 1]
+    assert [fused_trainer.split_count(n) for n in (1, 2, 3, 32, 33)] == [1, 2, 1, 2, 1]

@@ -11,7 +11,7 @@ computation differs (float rounding and the dropout masks' random bits do too):
   after the loop), the layout cuDNN uses;
 - a batch's gradient is computed as two halves in two XLA computations that TensorFlow runs at once (one
   per core), then summed. Adam's update of the embedding table is one pass of a C++ op on both cores
-  (stages/native_ops.cc, built on first use, which also holds the LSTM's two loops as calls inside XLA's
+  (lstm_vs_gru/fused/native_ops.cc, built on first use, which also holds the LSTM's two loops as calls inside XLA's
   computation), or, where it cannot be built, a third XLA computation; the small weights go through
   TensorFlow's fused Adam kernel. Each XLA computation is compiled once: the last, partial batch is filled
   up with weight-0 rows instead of getting a shape of its own. A whole epoch runs as one graph loop over
@@ -114,7 +114,7 @@ def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any =
     """The LSTM loop on the input projection xw = x @ K (T, B, 4U) -> hs (T, B, U); per step, as Keras:
     z = (x@K + h@R) + b, gates i, f, c, o = sigmoid, sigmoid, tanh, sigmoid, c' = f*c + i*g, h' = o*tanh(c').
     The forward loop keeps only the gates and cells; the backward loop derives its factors from them. With
-    `native_ops` (stages/native_ops.load()) both loops are its C++ ops: the same arithmetic, faster
+    `native_ops` (native_ops.load()) both loops are its C++ ops: the same arithmetic, faster
     (bench/README.md)."""
     import tensorflow as tf
 
@@ -135,7 +135,7 @@ def lstm_recurrence(xw: Any, recurrent_kernel: Any, bias: Any, native_ops: Any =
 
 def lstm_forward_loop(xw: Any, recurrent_kernel: Any, bias: Any) -> tuple[Any, Any, Any]:
     """lstm_recurrence's forward loop (XLA): the states hs and cells cs (T, B, U) and the gates [i, f, g, o]
-    (T, B, 4U) from the input projection xw (T, B, 4U); stages/native_ops.cc has the same loop in C++."""
+    (T, B, 4U) from the input projection xw (T, B, 4U); lstm_vs_gru/fused/native_ops.cc has the same loop in C++."""
     import tensorflow as tf
 
     units = recurrent_kernel.shape[0]
@@ -158,7 +158,7 @@ def lstm_backward_loop(dhs: Any, cs: Any, gates: Any, recurrent_kernel: Any) -> 
     """lstm_recurrence's backward loop (XLA): the gate pre-activations' gradients dzs (T, B, 4U) from the
     states' gradients dhs and the forward loop's cells cs (T, B, U) and gates (T, B, 4U). The derivative
     factors are computed for all steps before the loop (each operation in a loop body costs a few
-    microseconds of dispatch); stages/native_ops.cc computes the same per step, inside its loop."""
+    microseconds of dispatch); lstm_vs_gru/fused/native_ops.cc computes the same per step, inside its loop."""
     import tensorflow as tf
 
     i, f, g, o = tf.split(gates, 4, axis=2)
@@ -480,7 +480,7 @@ class ExactAdam:
 
     def apply_sparse_native(self, ops: Any, index: int, indices: Any, parts: Sequence[Any]) -> Any:
         """apply_sparse's exact update of the variable at `index` through the native ExactSparseAdam op
-        (stages/native_ops.cc: one pass on all threads) from gradient rows `parts` (concatenated) at
+        (lstm_vs_gru/fused/native_ops.cc: one pass on all threads) from gradient rows `parts` (concatenated) at
         `indices`; returns the op."""
         variable, m, v = self.variables[index], self.m[index], self.v[index]
         return ops.exact_sparse_adam(variable.handle, m.handle, v.handle, self._alpha(), indices, list(parts),
@@ -613,7 +613,7 @@ class FastTrainer:
     def __init__(self, model: Any, learning_rate: float, lazy_adam: bool = False, native: bool = True) -> None:
         import tensorflow as tf
 
-        from stages import native_ops
+        from lstm_vs_gru.fused import native_ops
 
         if not supports(model):
             raise ValueError("fast training needs Embedding -> plain LSTM/GRU -> layers without other state")

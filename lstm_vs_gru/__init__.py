@@ -1,0 +1,2 @@
+"""lstm-vs-gru's library: parameters, artifacts and errors; the corpus, tokenizer and model; training,
+gradient flow and the report; the fused trainer (`fused`, optional) and the command line (`cli`: predict, gate)."""
