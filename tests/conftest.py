@@ -1,5 +1,5 @@
 """Shared fixtures: a small 20news-bydate-style archive (see tests/small_archive.py), a private cache of XLA's
-compiled programs for the session, and the native ops required (built once per machine, in the user's cache,
+compiled programs for the test run, and the native ops required (built once per machine, in the user's cache,
 as the stages build them)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """For the tests, the training stages they run and their subprocesses: XLA's compilation cache in a folder
-    of this session, not the user's ~/.cache; and the native ops required (a compiler that fails to build
+    of this test run, not the user's ~/.cache; and the native ops required (a compiler that fails to build
     them fails the tests instead of falling back), unless the user chose otherwise."""
     settings = {CACHE_ENV: str(tmp_path_factory.mktemp("xla_cache")),
                 NATIVE_ENV: os.environ.get(NATIVE_ENV, "required")}
@@ -38,7 +38,7 @@ def test_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 
 @pytest.fixture(scope="session")
 def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small archive (20 groups, 6 train / 3 test posts each), built once per test session. Do not modify it."""
+    """A small archive (20 groups, 6 train / 3 test posts each), built once per test run. Do not modify it."""
     return build_archive(tmp_path_factory.mktemp("small_archive") / "20news-bydate.tar.gz")
 
 
