@@ -43,11 +43,15 @@ def write_results(out: Path, settings: Mapping[str, Any], results: Any) -> None:
 
 
 def run_cpp(source: Path, compile_flags: Sequence[str], arguments: Sequence[Any]) -> list[dict[str, Any]]:
-    """Build a one-file C++ benchmark with g++ -O3 -march=native in a temporary folder, run it with
-    `arguments`, and return the JSON object it prints on each line."""
+    """Build a one-file C++ benchmark with g++ -O3 for the x86-64 level the native ops use (not -march=native:
+    see lstm_vs_gru/fused/native_ops.py) in a temporary folder, run it with `arguments`, and return the JSON
+    object it prints on each line."""
+    from lstm_vs_gru.fused.native_ops import target
+
+    march = [f"-march={target()}"] if target() else []
     with tempfile.TemporaryDirectory() as build:
         binary = Path(build) / source.stem
-        subprocess.run(["g++", "-O3", "-march=native", "-std=c++17", *compile_flags, str(source), "-o", str(binary)],
+        subprocess.run(["g++", "-O3", *march, "-std=c++17", *compile_flags, str(source), "-o", str(binary)],
                        check=True)
         output = subprocess.run([str(binary), *map(str, arguments)], check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in output.splitlines()]

@@ -14,7 +14,7 @@ them. It prints microseconds per iteration (best of `repeats`) and writes them a
 inputs are random.
 
 `--cpp` adds, in the same run, the LSTM loops written as plain C++ with no dispatch at all (bench/lstm_loop.cc,
-Eigen from TensorFlow's headers, built here with g++ -O3 -march=native): what a custom kernel could gain.
+Eigen from TensorFlow's headers, built here with g++ -O3 for the CPU's x86-64 level): what a custom kernel could gain.
 """
 from __future__ import annotations
 
