@@ -13,7 +13,7 @@ random inputs of that shape, each called from a graph loop as in an epoch:
   passes (m, v, then the weights);
 - the same with `lazy=True` (`train.lazy_adam`): only the batch's rows, not Keras' Adam;
 - the same arithmetic as one pass in a plain C++ program (bench/adam_pass.cc, built here with g++ -O3
-  -march=x86-64-v4 (this CPU's level) -fopenmp -fno-math-errno; without the last, sqrt is not vectorised and one thread takes
+  -march=<the CPU's x86-64 level> -fopenmp -fno-math-errno; without the last, sqrt is not vectorised and one thread takes
   6 ms) on 1 and 2 threads: the floor the op is measured against.
 
 It prints milliseconds per update (best of `repeats` timings of `updates` updates each) and writes JSON.
