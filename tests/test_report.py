@@ -1,6 +1,7 @@
 """The report stage on fake-but-plausible train outputs: headline metrics, markdown, PNGs, errors."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -8,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
+import jinja2.meta
 import matplotlib.image
 from matplotlib.figure import Figure
 import numpy as np
@@ -377,6 +380,25 @@ def test_gradients_section_with_the_gated_cells_only():
     section = report.gradients_section(gradients, fake_runs())
     assert "SimpleRNN 10<sup>" not in section and "plain RNN loses" not in section
     assert "LSTM 10<sup>−4.8</sup> at L = 400" in section and "validation accuracy of" not in section
+
+
+def test_gradients_template_reads_exactly_the_facts_given():
+    facts = report.gradients_facts(fake_gradients(), fake_runs())
+    environment = report.templates()
+    source, _, _ = environment.loader.get_source(environment, report.GRADIENTS_TEMPLATE)
+    read = jinja2.meta.find_undeclared_variables(environment.parse(source)) - set(environment.globals)
+    assert read == set(facts)
+
+
+def test_gradients_template_fails_on_a_missing_fact():
+    facts = report.gradients_facts(fake_gradients(), fake_runs())
+    for key in facts:
+        with pytest.raises(jinja2.UndefinedError):
+            report.render_gradients({name: value for name, value in facts.items() if name != key})
+    nested = copy.deepcopy(facts)
+    del nested["clipping"]["clipnorm_run"]["median_clipped_grad_norm"]
+    with pytest.raises(jinja2.UndefinedError, match="median_clipped_grad_norm"):
+        report.render_gradients(nested)
 
 
 def test_corrupt_gradients_metrics_is_a_one_line_user_error(run_dir):
