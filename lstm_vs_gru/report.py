@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from lstm_vs_gru import artifacts, params
+from lstm_vs_gru import artifacts, params, training
 from lstm_vs_gru.artifacts import is_finite_number
 from lstm_vs_gru.errors import UserError
 
@@ -33,9 +33,11 @@ METRIC_KEYS = (
 )
 HEADLINE_KEYS = ("cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params")
 INTEGER_KEYS = ("params", "epochs")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy")
-# Absent when training ran without a validation split or without timing; plotted when present.
-OPTIONAL_HISTORY_COLUMNS = ("val_loss", "val_accuracy", "seconds")
+# Keras's name of each per-epoch series <- DVCLive's, whose Keras callback logs val_* under eval/
+HISTORY_SERIES = {"loss": "train/loss", "accuracy": "train/accuracy", "val_loss": "eval/loss",
+                  "val_accuracy": "eval/accuracy", "seconds": "train/seconds"}
+# The others are absent when training ran without a validation split or without timing; plotted when present.
+REQUIRED_SERIES = ("loss", "accuracy")
 PREDICTION_COLUMNS = ("actual", "predicted")
 
 LEARNING_CURVES = artifacts.report_figure_path("learning_curves")
@@ -69,7 +71,7 @@ def producer(cell: str) -> str:
 def required_inputs(selected: str) -> list[tuple[Path, str]]:
     """Every file the report reads, with the stage that produces it."""
     per_cell = [(artifacts.metrics_path(c), producer(c)) for c in artifacts.CELLS]
-    per_cell += [(artifacts.history_path(c), producer(c)) for c in artifacts.CELLS]
+    per_cell += [(history_path(c, key), producer(c)) for c in artifacts.CELLS for key in REQUIRED_SERIES]
     return per_cell + [(artifacts.predictions_path(selected), producer(selected))] + gradient_inputs()
 
 
@@ -98,12 +100,13 @@ def read_metrics(path: Path, cell: str) -> dict[str, Any]:
 
 
 def read_table(path: Path, required: Sequence[str], cell: str, **read_csv: Any) -> pd.DataFrame:
-    """A non-empty CSV with the required columns."""
+    """A non-empty CSV or TSV (read_csv's `sep`) with the required columns."""
     rerun = f"re-run `dvc repro {producer(cell)}`"
     try:
         frame = pd.read_csv(path, **read_csv)
     except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not a readable CSV ({' '.join(str(error).split())}): {rerun}") from None
+        raise UserError(f"{path}: not a readable {path.suffix[1:].upper()} ({' '.join(str(error).split())}): "
+                        f"{rerun}") from None
     absent = [column for column in required if column not in frame.columns]
     if absent:
         raise UserError(f"{path}: missing columns {', '.join(absent)}: {rerun}")
@@ -112,13 +115,34 @@ def read_table(path: Path, required: Sequence[str], cell: str, **read_csv: Any) 
     return frame
 
 
-def read_history(path: Path, cell: str) -> pd.DataFrame:
-    """plots/{cell}/history.csv: one row per epoch, numeric columns."""
-    history = read_table(path, HISTORY_COLUMNS, cell)
-    for column in HISTORY_COLUMNS + OPTIONAL_HISTORY_COLUMNS:
-        if column in history and not pd.api.types.is_numeric_dtype(history[column]):
-            raise UserError(f"{path}: column {column} is not numeric: re-run `dvc repro {producer(cell)}`")
-    return history.sort_values("epoch", kind="stable").reset_index(drop=True)
+def history_path(cell: str, key: str) -> Path:
+    """DVCLive's file of the per-epoch series Keras calls `key` (loss, val_accuracy, seconds...)."""
+    return artifacts.dvclive_metric_path(cell, HISTORY_SERIES[key])
+
+
+def read_series(path: Path, cell: str) -> list[float]:
+    """One DVCLive series: a numeric value per epoch, at steps 0, 1, 2..."""
+    rerun = f"re-run `dvc repro {producer(cell)}`"
+    frame = read_table(path, ("step", path.stem), cell, sep="\t")
+    for column in ("step", path.stem):
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            raise UserError(f"{path}: column {column} is not numeric: {rerun}")
+    if frame["step"].tolist() != list(range(len(frame))):
+        raise UserError(f"{path}: steps are not 0, 1, 2... (one per epoch): {rerun}")
+    return frame[path.stem].tolist()
+
+
+def read_history(cell: str) -> pd.DataFrame:
+    """A cell's history from DVCLive's files, one row per epoch (DVCLive's step + 1), rounded by
+    training.history_rows as metrics/{cell}.json's figures are."""
+    logs = {key: read_series(history_path(cell, key), cell) for key in HISTORY_SERIES
+            if key in REQUIRED_SERIES or history_path(cell, key).is_file()}
+    epochs = len(logs["loss"])
+    for key, values in logs.items():
+        if len(values) != epochs:
+            raise UserError(f"{history_path(cell, key)}: {len(values)} epochs, {history_path(cell, 'loss')} has "
+                            f"{epochs}: re-run `dvc repro {producer(cell)}`")
+    return pd.DataFrame(training.history_rows(logs))[["epoch", *logs]]
 
 
 def read_predictions(path: Path, cell: str) -> pd.DataFrame:
@@ -131,7 +155,7 @@ def read_inputs(selected: str) -> tuple[dict[str, CellRun], pd.DataFrame]:
     """Both cells' runs and the selected cell's test predictions."""
     check_inputs_exist(required_inputs(selected))
     runs = {
-        cell: CellRun(read_metrics(artifacts.metrics_path(cell), cell), read_history(artifacts.history_path(cell), cell))
+        cell: CellRun(read_metrics(artifacts.metrics_path(cell), cell), read_history(cell))
         for cell in artifacts.CELLS
     }
     return runs, read_predictions(artifacts.predictions_path(selected), selected)
