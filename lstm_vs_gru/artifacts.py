@@ -69,16 +69,17 @@ def read_model_stamp(path: str | os.PathLike) -> dict[str, Any]:
     return stamp if isinstance(stamp, dict) else {}
 
 
-def history_path(cell: str) -> Path:
-    return PLOTS_DIR / cell / "history.csv"
-
-
 def predictions_path(cell: str) -> Path:
     return PLOTS_DIR / cell / "predictions.csv"
 
 
 def dvclive_dir(cell: str) -> Path:
     return DVCLIVE_DIR / cell
+
+
+def dvclive_metric_path(cell: str, metric: str) -> Path:
+    """A per-epoch series as DVCLive writes it (step, value), e.g. metric "train/loss" or "eval/accuracy"."""
+    return dvclive_dir(cell) / "plots" / "metrics" / f"{metric}.tsv"
 
 
 REPORT_METRICS = METRICS_DIR / "report.json"

@@ -1,15 +1,19 @@
 """The report: headline metrics of the cell this project puts forward, and a human report on both cells, built
 from both cells' metrics and histories, the selected cell's test predictions and the gradients stage's
 measurements (stages/report.py is the stage). No TensorFlow here: the confusion matrix and per-group scores
-come from scikit-learn."""
+come from scikit-learn. The gradients section's words are in templates/gradients.md.j2; this module gives it
+the numbers."""
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")  # DVC runs this stage without a display
@@ -19,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from lstm_vs_gru import artifacts, params
+from lstm_vs_gru import artifacts, params, training
 from lstm_vs_gru.artifacts import is_finite_number
 from lstm_vs_gru.errors import UserError
 
@@ -29,9 +33,11 @@ METRIC_KEYS = (
 )
 HEADLINE_KEYS = ("cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params")
 INTEGER_KEYS = ("params", "epochs")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy")
-# Absent when training ran without a validation split or without timing; plotted when present.
-OPTIONAL_HISTORY_COLUMNS = ("val_loss", "val_accuracy", "seconds")
+# Keras's name of each per-epoch series <- DVCLive's, whose Keras callback logs val_* under eval/
+HISTORY_SERIES = {"loss": "train/loss", "accuracy": "train/accuracy", "val_loss": "eval/loss",
+                  "val_accuracy": "eval/accuracy", "seconds": "train/seconds"}
+# The others are absent when training ran without a validation split or without timing; plotted when present.
+REQUIRED_SERIES = ("loss", "accuracy")
 PREDICTION_COLUMNS = ("actual", "predicted")
 
 LEARNING_CURVES = artifacts.report_figure_path("learning_curves")
@@ -65,7 +71,7 @@ def producer(cell: str) -> str:
 def required_inputs(selected: str) -> list[tuple[Path, str]]:
     """Every file the report reads, with the stage that produces it."""
     per_cell = [(artifacts.metrics_path(c), producer(c)) for c in artifacts.CELLS]
-    per_cell += [(artifacts.history_path(c), producer(c)) for c in artifacts.CELLS]
+    per_cell += [(history_path(c, key), producer(c)) for c in artifacts.CELLS for key in REQUIRED_SERIES]
     return per_cell + [(artifacts.predictions_path(selected), producer(selected))] + gradient_inputs()
 
 
@@ -94,12 +100,13 @@ def read_metrics(path: Path, cell: str) -> dict[str, Any]:
 
 
 def read_table(path: Path, required: Sequence[str], cell: str, **read_csv: Any) -> pd.DataFrame:
-    """A non-empty CSV with the required columns."""
+    """A non-empty CSV or TSV (read_csv's `sep`) with the required columns."""
     rerun = f"re-run `dvc repro {producer(cell)}`"
     try:
         frame = pd.read_csv(path, **read_csv)
     except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not a readable CSV ({' '.join(str(error).split())}): {rerun}") from None
+        raise UserError(f"{path}: not a readable {path.suffix[1:].upper()} ({' '.join(str(error).split())}): "
+                        f"{rerun}") from None
     absent = [column for column in required if column not in frame.columns]
     if absent:
         raise UserError(f"{path}: missing columns {', '.join(absent)}: {rerun}")
@@ -108,13 +115,34 @@ def read_table(path: Path, required: Sequence[str], cell: str, **read_csv: Any) 
     return frame
 
 
-def read_history(path: Path, cell: str) -> pd.DataFrame:
-    """plots/{cell}/history.csv: one row per epoch, numeric columns."""
-    history = read_table(path, HISTORY_COLUMNS, cell)
-    for column in HISTORY_COLUMNS + OPTIONAL_HISTORY_COLUMNS:
-        if column in history and not pd.api.types.is_numeric_dtype(history[column]):
-            raise UserError(f"{path}: column {column} is not numeric: re-run `dvc repro {producer(cell)}`")
-    return history.sort_values("epoch", kind="stable").reset_index(drop=True)
+def history_path(cell: str, key: str) -> Path:
+    """DVCLive's file of the per-epoch series Keras calls `key` (loss, val_accuracy, seconds...)."""
+    return artifacts.dvclive_metric_path(cell, HISTORY_SERIES[key])
+
+
+def read_series(path: Path, cell: str) -> list[float]:
+    """One DVCLive series: a numeric value per epoch, at steps 0, 1, 2..."""
+    rerun = f"re-run `dvc repro {producer(cell)}`"
+    frame = read_table(path, ("step", path.stem), cell, sep="\t")
+    for column in ("step", path.stem):
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            raise UserError(f"{path}: column {column} is not numeric: {rerun}")
+    if frame["step"].tolist() != list(range(len(frame))):
+        raise UserError(f"{path}: steps are not 0, 1, 2... (one per epoch): {rerun}")
+    return frame[path.stem].tolist()
+
+
+def read_history(cell: str) -> pd.DataFrame:
+    """A cell's history from DVCLive's files, one row per epoch (DVCLive's step + 1), rounded by
+    training.history_rows as metrics/{cell}.json's figures are."""
+    logs = {key: read_series(history_path(cell, key), cell) for key in HISTORY_SERIES
+            if key in REQUIRED_SERIES or history_path(cell, key).is_file()}
+    epochs = len(logs["loss"])
+    for key, values in logs.items():
+        if len(values) != epochs:
+            raise UserError(f"{history_path(cell, key)}: {len(values)} epochs, {history_path(cell, 'loss')} has "
+                            f"{epochs}: re-run `dvc repro {producer(cell)}`")
+    return pd.DataFrame(training.history_rows(logs))[["epoch", *logs]]
 
 
 def read_predictions(path: Path, cell: str) -> pd.DataFrame:
@@ -127,7 +155,7 @@ def read_inputs(selected: str) -> tuple[dict[str, CellRun], pd.DataFrame]:
     """Both cells' runs and the selected cell's test predictions."""
     check_inputs_exist(required_inputs(selected))
     runs = {
-        cell: CellRun(read_metrics(artifacts.metrics_path(cell), cell), read_history(artifacts.history_path(cell), cell))
+        cell: CellRun(read_metrics(artifacts.metrics_path(cell), cell), read_history(cell))
         for cell in artifacts.CELLS
     }
     return runs, read_predictions(artifacts.predictions_path(selected), selected)
@@ -285,10 +313,14 @@ COMPARISON_ROWS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
 )
 
 
+def report_relative(path: Path) -> str:
+    """A path relative to the report, so links resolve wherever reports/ is viewed."""
+    return Path(os.path.relpath(path, artifacts.REPORT_MD.parent)).as_posix()
+
+
 def figure_link(path: Path, caption: str) -> str:
-    """A markdown image link relative to the report, so it renders wherever reports/ is viewed."""
-    relative = Path(os.path.relpath(path, artifacts.REPORT_MD.parent)).as_posix()
-    return f"![{caption}]({relative})"
+    """A markdown image link to a PNG beside the report."""
+    return f"![{caption}]({report_relative(path)})"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
@@ -377,8 +409,7 @@ GRADIENT_KEYS = ("sizes", "params", "sample", "vanish_fraction", "recurrent_scal
                  "simple_rnn_training", "clipping")
 GRADIENT_CELLS = ("simple_rnn", "lstm", "gru")
 SCALED_RNN = "simple_rnn_scaled"
-CELL_NAMES = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU", SCALED_RNN: "SimpleRNN, R scaled"}
-SETTING_NAMES = {"init": "initial", "trained": "trained"}
+GRADIENTS_TEMPLATE = "gradients.md.j2"
 
 
 def gradient_inputs() -> list[tuple[Path, str]]:
@@ -412,80 +443,31 @@ def _curve(gradients: Mapping[str, Any], name: str, setting: str, length: int, r
     return gradients["curves"].get(name, {}).get(setting, {}).get(f"L{length}", {}).get(readout)
 
 
-def _log10(value: float | None) -> str:
-    return MISSING if value is None else f"{value:+.2f}".replace("-", "−")
+def _steps_back(summary: Mapping[str, Any], length: int) -> int | None:
+    """Steps back from the last token at which the gradient fell below the vanish fraction; None: never."""
+    return None if summary["vanish_step"] is None else length - summary["vanish_step"]
 
 
-def _power(value: float) -> str:
-    return f"10<sup>{value:.1f}</sup>".replace("-", "−")
-
-
-def _reach(summary: Mapping[str, Any], length: int) -> str:
-    """Steps back from the last token at which the gradient fell below the vanish fraction."""
-    return f"> {length - 1}" if summary["vanish_step"] is None else str(length - summary["vanish_step"])
-
-
-def _per_step(log10: float, length: int) -> str:
-    """The mean factor by which each step back multiplied the gradient."""
-    return f"×{10 ** (log10 / (length - 1)):.3f}"
-
-
-def _ratio_phrase(summary: Mapping[str, Any] | None) -> str:
-    """'10^x' for a measurable ratio; otherwise why it is not."""
-    if summary is None:
-        return "not measured"
-    if summary["log10_first_to_last"] is not None:
-        return _power(summary["log10_first_to_last"])
-    if summary["nonfinite_steps"]:
-        return f"beyond float32 ({summary['nonfinite_steps']} steps overflowed)"
-    return f"0 in float32 ({summary['zero_steps']} steps underflowed)"
-
-
-def _measured(gradients: Mapping[str, Any], setting: str, readout: str) -> dict[str, tuple[int, float]]:
-    """Per cell: the longest length whose first-to-last ratio is measurable, and that log10 ratio."""
+def _measured(gradients: Mapping[str, Any], setting: str, readout: str) -> dict[str, dict[str, Any]]:
+    """Per cell: the longest length whose first-to-last ratio is measurable, that log10 ratio, the mean factor
+    per step back and the reach."""
     found = {}
     for cell in GRADIENT_CELLS:
         for length in reversed(_lengths(gradients)):
             summary = _curve(gradients, cell, setting, length, readout)
             if summary is not None and summary["log10_first_to_last"] is not None:
-                found[cell] = (length, summary["log10_first_to_last"])
+                log10 = summary["log10_first_to_last"]
+                found[cell] = {"length": length, "log10": log10, "per_step": 10 ** (log10 / (length - 1)),
+                               "steps_back": _steps_back(summary, length)}
                 break
     return found
 
 
-CELL_EQUATIONS = """```
-SimpleRNN   h_t = tanh(W x_t + R h_{t−1} + b)
-
-LSTM        i_t = σ(W_i x_t + R_i h_{t−1} + b_i)        input gate
-            f_t = σ(W_f x_t + R_f h_{t−1} + b_f)        forget gate
-            o_t = σ(W_o x_t + R_o h_{t−1} + b_o)        output gate
-            g_t = tanh(W_g x_t + R_g h_{t−1} + b_g)     candidate
-            c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t             cell state: an additive update
-            h_t = o_t ⊙ tanh(c_t)
-
-GRU         z_t = σ(W_z x_t + R_z h_{t−1} + b_z)        update gate
-            r_t = σ(W_r x_t + R_r h_{t−1} + b_r)        reset gate
-  reset_after=False (Keras 2, the lab):
-            ĥ_t = tanh(W_h x_t + R_h (r_t ⊙ h_{t−1}) + b_h)
-  reset_after=True (Keras 3 default, cuDNN layout; every gate also has a recurrent bias b′):
-            ĥ_t = tanh(W_h x_t + b_h + r_t ⊙ (R_h h_{t−1} + b′_h))
-            h_t = z_t ⊙ h_{t−1} + (1 − z_t) ⊙ ĥ_t
-```
-
-x_t is the embedded token (E values), h_t the hidden state (U units), the W are E × U input kernels, the R
-are U × U recurrent kernels, ⊙ is element-wise. Back-propagation reaches token t through one Jacobian per
-step between t and the end:
-
-- SimpleRNN: ∂h_t/∂h_{t−1} = diag(1 − h_t²) R. The product of L − t such factors shrinks geometrically when
-  they are below 1 in norm (vanishing) and grows geometrically above 1 (exploding); tanh′ ≤ 1 can only
-  shrink it, so only a large R explodes.
-- LSTM: ∂c_t/∂c_{t−1} = diag(f_t) plus terms through h_{t−1}: while the forget gate stays near 1 the cell
-  state carries the gradient back unchanged, and the gate is learned from the data.
-- GRU: ∂h_t/∂h_{t−1} = diag(z_t) plus terms through ĥ_t: an update gate near 1 copies the state, and its
-  gradient, from step to step."""
+def _log10_per_step(found: Mapping[str, Any]) -> float:
+    return found["log10"] / (found["length"] - 1)
 
 
-def _param_table(gradients: Mapping[str, Any]) -> str:
+def _param_rows(gradients: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each cell's parameters from the formula (lstm_vs_gru.model), against Keras's own count."""
     from lstm_vs_gru.model import expected_param_count, recurrent_param_count
 
@@ -493,31 +475,20 @@ def _param_table(gradients: Mapping[str, Any]) -> str:
     e, u, reset_after = sizes["embedding_dim"], sizes["units"], sizes["gru_reset_after"]
     model_params = params.ModelParams(embedding_dim=e, units=u, dense_units=sizes["dense_units"], dropout=0.0,
                                       gru_reset_after=reset_after)
-    formulas = {"simple_rnn": f"{e}·{u} + {u}·{u} + {u}", "lstm": f"4 × ({e}·{u} + {u}·{u} + {u})",
-                "gru": f"3 × ({e}·{u} + {u}·{u} + {2 * u if reset_after else u})"}
     rows = []
     for cell in GRADIENT_CELLS:
         recurrent = recurrent_param_count(cell, e, u, reset_after)
         whole = expected_param_count(cell, sizes["num_words"], model_params, sizes["n_classes"])
         keras = gradients["params"].get(cell, {})
-        agree = keras.get("recurrent") == recurrent and keras.get("model") == whole
-        rows.append((CELL_NAMES[cell], formulas[cell], f"{recurrent:,}", fmt_count(keras.get("recurrent")),
-                     f"{whole:,}", fmt_count(keras.get("model")), "✓" if agree else "✗ differs"))
-    gru_biases = ("2U biases per gate block (input and recurrent)" if reset_after
-                  else "U biases per gate block")
-    return (f"With E = {e}, U = {u}, V = {sizes['num_words']:,} words, D = {sizes['dense_units']} dense units and "
-            f"C = {sizes['n_classes']} groups, a recurrent layer has one block of input weights (E·U), recurrent "
-            f"weights (U·U) and biases per gate: 1 block for the SimpleRNN, 4 for the LSTM (i, f, o, g), 3 for the GRU "
-            f"(z, r, ĥ; `gru_reset_after: {str(reset_after).lower()}`, so {gru_biases}). The whole model adds the "
-            f"embedding V·E, the hidden layer U·D + D and the output layer D·C + C. Keras's counts are recorded by "
-            f"the gradients stage.\n\n"
-            + table(["Cell", "Recurrent formula", "Recurrent", "Keras", "Whole model", "Keras", "Formula = Keras"],
-                    rows, "llrrrrl"))
+        rows.append({"cell": cell, "biases": 2 * u if cell == "gru" and reset_after else u,
+                     "recurrent": recurrent, "keras_recurrent": keras.get("recurrent"),
+                     "model": whole, "keras_model": keras.get("model"),
+                     "agree": keras.get("recurrent") == recurrent and keras.get("model") == whole})
+    return rows
 
 
-def _curve_table(gradients: Mapping[str, Any]) -> str:
-    """log10(first step / last step) of every curve, and how far back the last-state gradient reaches."""
-    fraction = gradients["vanish_fraction"]
+def _curve_rows(gradients: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """log10(first step / last step) of every curve measured through both readouts, and its reach."""
     rows = []
     for name in (*GRADIENT_CELLS, SCALED_RNN):
         for setting in ("init", "trained"):
@@ -526,168 +497,110 @@ def _curve_table(gradients: Mapping[str, Any]) -> str:
                 last = _curve(gradients, name, setting, length, "last_state")
                 if pooled is None or last is None:
                     continue
-                rows.append((CELL_NAMES[name], SETTING_NAMES[setting], str(length),
-                             _log10(pooled["log10_first_to_last"]), _reach(pooled, length),
-                             _log10(last["log10_first_to_last"]), _reach(last, length)))
-    return ("log10 of (gradient norm at the first token ÷ at the last token), and how many steps back the gradient "
-            f"first falls below {fraction:g} of the last token's (\"> L − 1\": never within the post; "
-            "— : the ratio overflowed or underflowed float32):\n\n"
-            + table(["Cell", "Weights", "L", "Lab model: log10 ratio", "steps back", "Last state: log10 ratio",
-                     "steps back"], rows, "lllrrrr"))
+                rows.append({"cell": name, "setting": setting, "length": length, **{
+                    readout: {"log10": summary["log10_first_to_last"], "steps_back": _steps_back(summary, length)}
+                    for readout, summary in (("max_pool", pooled), ("last_state", last))}})
+    return rows
 
 
-def _recurrence_paragraph(gradients: Mapping[str, Any]) -> str:
-    """What the last-state readout shows, trained and initial, in the measured numbers."""
+def _recurrence_facts(gradients: Mapping[str, Any]) -> dict[str, Any]:
+    """The last-state readout: each cell's measured ratio, trained and initial, and how the cells rank."""
     trained, initial = _measured(gradients, "trained", "last_state"), _measured(gradients, "init", "last_state")
-    if not trained:
-        return ""
-    def listing(found: Mapping[str, tuple[int, float]]) -> str:
-        return "; ".join(f"{CELL_NAMES[c]} {_power(v)} at L = {n} ({_per_step(v, n)} per step)"
-                         for c, (n, v) in found.items())
-
-    def per_step(found: Mapping[str, tuple[int, float]], cell: str) -> float:
-        length, value = found[cell]
-        return value / (length - 1)
-
-    text = ("**Through the recurrence** (the head reading h_L only), the first token's gradient relative to the "
-            f"last token's is, after training: {listing(trained)}. ")
-    ranked = sorted(trained, key=lambda c: per_step(trained, c))
+    fastest = slowest = None
     if "simple_rnn" in trained and len(trained) > 1:
-        if ranked[0] == "simple_rnn":
-            length = trained["simple_rnn"][0]
-            reach = _reach(_curve(gradients, "simple_rnn", "trained", length, "last_state"), length)
-            text += ("The plain RNN loses its gradient fastest: every step back multiplies it by diag(1 − h²) R, "
-                     f"on average by less than 1, so a token more than {reach} steps back gets less than "
-                     f"{gradients['vanish_fraction']:g} of the last token's gradient; training barely reaches it, "
-                     "and the plain RNN forgets early tokens. ")
-        else:
-            text += (f"In this run the fastest loss per step is the {CELL_NAMES[ranked[0]]}'s, not the plain RNN's. ")
-        best = ranked[-1]
-        if best != "simple_rnn":
-            text += (f"The {CELL_NAMES[best]} keeps the longest reach: its gates let the gradient pass along "
-                     "the additive path (f_t or z_t near 1) instead of through a squashing non-linearity. ")
-    if initial:
-        text += f"At initialisation: {listing(initial)}. "
-        gated_faster = [c for c in initial if c != "simple_rnn" and "simple_rnn" in initial
-                        and per_step(initial, c) < per_step(initial, "simple_rnn")]
-        if gated_faster:
-            text += ("Untrained, " + " and ".join(CELL_NAMES[c] for c in gated_faster)
-                     + " lose the gradient faster than the plain RNN: Keras starts the LSTM's forget gate at "
-                     "σ(1) ≈ 0.73 (bias 1) and the GRU's update gate at σ(0) = 0.5, so the state, and its gradient, "
-                     "decays by about that factor per step, while the plain RNN's orthogonal R preserves norms. "
-                     "The gates have to learn to stay open. ")
-        changes = [f"{CELL_NAMES[c]} {_log10(trained[c][1] - initial[c][1])} at L = {trained[c][0]}"
-                   for c in trained if c in initial and trained[c][0] == initial[c][0]]
-        if changes:
-            text += ("Training changed the first token's gradient relative to the last token's by, in orders of "
-                     "magnitude: " + ", ".join(changes) + ".")
-    return text
+        ranked = sorted(trained, key=lambda cell: _log10_per_step(trained[cell]))
+        fastest, slowest = ranked[0], ranked[-1]
+    gated_faster = []
+    if "simple_rnn" in initial:
+        gated_faster = [cell for cell in initial if cell != "simple_rnn"
+                        and _log10_per_step(initial[cell]) < _log10_per_step(initial["simple_rnn"])]
+    changes = [{"cell": cell, "length": found["length"], "log10": found["log10"] - initial[cell]["log10"]}
+               for cell, found in trained.items() if cell in initial and found["length"] == initial[cell]["length"]]
+    return {"trained": trained, "initial": initial, "fastest": fastest, "slowest": slowest,
+            "gated_faster": gated_faster, "changes": changes}
 
 
-def _max_pool_paragraph(gradients: Mapping[str, Any], runs: Mapping[str, CellRun]) -> str:
-    """What the lab's own model shows: max pooling gives every step a short path to the loss."""
+def _max_pool_facts(gradients: Mapping[str, Any]) -> dict[str, Any]:
+    """The lab's readout: the span of its first-to-last ratios and how many curves vanish."""
     summaries = [s for c in GRADIENT_CELLS for setting in ("init", "trained") for n in _lengths(gradients)
                  if (s := _curve(gradients, c, setting, n, "max_pool")) is not None]
     ratios = [s["log10_first_to_last"] for s in summaries if s["log10_first_to_last"] is not None]
-    vanished = sum(s["vanish_step"] is not None for s in summaries)
-    if not ratios:
-        return ""
-    text = (f"**Through the lab's model** (global max pooling over every step's output), the first-to-last ratios "
-            f"lie between {_power(min(ratios))} and {_power(max(ratios))}, and ")
-    if not vanished:
-        text += ("no curve falls below the vanishing threshold. Max pooling hands each step's output straight to "
-                 "the classifier, so every token has a path of length one to the loss, and the recurrence need not "
-                 "carry the gradient far: in this architecture vanishing gradients limit what each step's state can "
-                 "summarise, not whether an early token is seen. ")
-    else:
-        text += (f"{vanished} of {len(summaries)} curves fall below the vanishing threshold. Max pooling gives a step "
-                 "a path of length one to the loss only where its output is some unit's maximum; steps that never "
-                 "are (zero padding, say) are reached only through the recurrence. ")
-    training = gradients["simple_rnn_training"]
-    if training.get("val_accuracy") is not None:
-        others = ", ".join(f"{c.upper()} {fmt_score(runs[c].metrics['val_accuracy'])}" for c in runs)
-        text += (f"The SimpleRNN trained by the gradients stage with the train stages' settings reached a validation "
-                 f"accuracy of {fmt_score(training['val_accuracy'])} after {training['epoch']} epochs ({others}).")
-    return text
+    return {"curves": len(summaries), "vanished": sum(s["vanish_step"] is not None for s in summaries),
+            "lowest": min(ratios, default=None), "highest": max(ratios, default=None)}
 
 
-def _exploding_paragraph(gradients: Mapping[str, Any]) -> str:
-    """The scaled plain RNN's curves and what clipnorm did while training it."""
-    scale, lengths = gradients["recurrent_scale"], _lengths(gradients)
-    parts = []
-    for length in lengths:
-        scaled = _curve(gradients, SCALED_RNN, "init", length, "last_state")
-        plain = _curve(gradients, "simple_rnn", "init", length, "last_state")
-        if scaled is not None:
-            parts.append(f"L = {length}: {_ratio_phrase(scaled)}"
-                         + (f" (unscaled: {_ratio_phrase(plain)})" if plain is not None else ""))
+def _exploding_facts(gradients: Mapping[str, Any]) -> dict[str, Any]:
+    """The scaled plain RNN's ratios beside the unscaled one's, and what clipnorm did while training it."""
+    scaled = [{"length": n, "scaled": curve, "unscaled": _curve(gradients, "simple_rnn", "init", n, "last_state")}
+              for n in _lengths(gradients)
+              if (curve := _curve(gradients, SCALED_RNN, "init", n, "last_state")) is not None]
     clipping = gradients["clipping"]
-    free, clipped = clipping["unclipped"], clipping["clipnorm_run"]
-    steps, clipnorm = clipping["steps"], clipping["clipnorm"]
-    update_ratio = free["median_update_norm"] / clipped["median_update_norm"] if clipped["median_update_norm"] else None
-    scaled_curves = [c for n in lengths if (c := _curve(gradients, SCALED_RNN, "init", n, "last_state")) is not None]
-    exploded = any(c["nonfinite_steps"] or (c["log10_first_to_last"] or 0) > 0 for c in scaled_curves)
-    text = (f"**Exploding gradients.** Multiplying the initial plain RNN's recurrent kernel R by {scale:g} "
-            + ("pushes the per-step factor above 1" if exploded else "does not, here, push the per-step factor "
-               "above 1") + ": the first token's gradient relative to the last token's, read from the "
-            "last state, becomes " + "; ".join(parts) + ". "
-            f"Training this RNN for {steps} batches (Adam, the train stages' learning rate and batch size), the "
-            f"global gradient norm had a median of {free['median_grad_norm']:.3g} "
-            f"(largest {free['max_grad_norm']:.3g}). "
-            f"With `clipnorm: {clipnorm:g}` (`train.clipnorm` in params.yaml; Keras clips each weight tensor's "
-            f"gradient to that norm separately) {clipped['clipped_steps']} of {steps} steps were clipped, to a "
-            f"median global norm of {clipped['median_clipped_grad_norm']:.3g}. Adam divides each gradient by a "
-            "running estimate of its own size, so even unclipped its steps stay bounded: the weights moved by a "
-            f"median norm of {free['median_update_norm']:.3g} per step without clipping and "
-            f"{clipped['median_update_norm']:.3g} with it"
-            + (_update_change(update_ratio) if update_ratio else "")
-            + f", and the loss went from {free['first_loss']:.3f} to {free['last_loss']:.3f} without clipping and "
-            f"to {clipped['last_loss']:.3f} with it (mean of the last tenth of the steps). Clipping matters most "
-            "for plain SGD, whose step is proportional to the gradient; with Adam it evens out the occasional spike.")
-    return text
+    clipped_update = clipping["clipnorm_run"]["median_update_norm"]
+    return {
+        "recurrent_scale": gradients["recurrent_scale"],
+        "scaled": scaled,
+        "exploded": any(s["scaled"]["nonfinite_steps"] or (s["scaled"]["log10_first_to_last"] or 0) > 0
+                        for s in scaled),
+        "clipping": clipping,
+        # unclipped / clipped median weight change
+        "update_ratio": clipping["unclipped"]["median_update_norm"] / clipped_update if clipped_update else None,
+    }
 
 
-def _update_change(ratio: float) -> str:
-    """How clipping changed the median weight change: ratio = unclipped / clipped."""
-    return (f" (clipping made them {ratio:.1f} times smaller)" if ratio >= 1
-            else f" (clipping made them {1 / ratio:.1f} times larger)")
+def gradients_facts(gradients: Mapping[str, Any], runs: Mapping[str, CellRun]) -> dict[str, Any]:
+    """Everything templates/gradients.md.j2 says, as numbers and the cases that hold."""
+    sample, lengths = gradients["sample"], _lengths(gradients)
+    longest = max(lengths)
+    training = gradients["simple_rnn_training"]
+    return {
+        "figures": {"gradient_flow": report_relative(GRADIENT_FLOW),
+                    "exploding": report_relative(EXPLODING_GRADIENTS)},
+        "sample": {"documents": sample["documents"], "full": sample.get(f"full_L{longest}", sample["documents"]),
+                   "longest": longest},
+        "lengths": lengths,
+        "sizes": gradients["sizes"],
+        "param_rows": _param_rows(gradients),
+        "vanish_fraction": gradients["vanish_fraction"],
+        "curve_rows": _curve_rows(gradients),
+        **_recurrence_facts(gradients),
+        "max_pool": _max_pool_facts(gradients),
+        "simple_rnn_training": {"epoch": training.get("epoch"), "val_accuracy": training.get("val_accuracy")},
+        "val_accuracy": {cell: run.metrics["val_accuracy"] for cell, run in runs.items()},
+        **_exploding_facts(gradients),
+    }
+
+
+def _format(value: Any, spec: str) -> str:
+    """Template filter: format(value, spec), failing on an undefined value as the template does elsewhere."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return format(value, spec)
+
+
+def _paragraph(text: str) -> str:
+    """Template filter: a paragraph written over several source lines as one markdown line."""
+    return re.sub(r"\n[ \t]*", " ", text)
+
+
+@functools.cache
+def templates() -> jinja2.Environment:
+    """The package's markdown templates; a name the facts lack is an error, not an empty string."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("lstm_vs_gru", "templates"), undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    environment.filters.update(fmt=_format, integer=fmt_count, score=fmt_score, paragraph=_paragraph)
+    environment.globals["missing"] = MISSING
+    return environment
+
+
+def render_gradients(facts: Mapping[str, Any]) -> str:
+    """templates/gradients.md.j2 filled in with `gradients_facts`."""
+    return templates().get_template(GRADIENTS_TEMPLATE).render(facts)
 
 
 def gradients_section(gradients: Mapping[str, Any], runs: Mapping[str, CellRun]) -> str:
     """Vanishing and exploding gradients, explained from the gradients stage's measurements."""
-    sample, lengths = gradients["sample"], _lengths(gradients)
-    longest = max(lengths)
-    full = sample.get(f"full_L{longest}", sample["documents"])
-    documents = sample["documents"]
-    if full == documents:
-        chosen = f"{documents} training posts drawn with the seed among those at least {longest} tokens long"
-    else:
-        chosen = (f"the {documents} longest training posts ({full} of them at least {longest} tokens long, the "
-                  "others start with zero padding)")
-    intro = ("## Vanishing and exploding gradients\n\n"
-             "How much can the loss still learn from a token far back in a post? The `gradients` stage measures "
-             "‖∂loss/∂x_t‖, the gradient of a post's loss with respect to its embedded token x_t at step "
-             f"t = 1 … L, averaged over {chosen}; L = {', '.join(map(str, lengths))}, each post cut to its last "
-             "L tokens. "
-             "It does so at initialisation and after "
-             "training (LSTM and GRU: the train stages' models, rebuilt for longer inputs with the same weights; "
-             "SimpleRNN: trained by the stage with the same settings), and through two readouts of the same "
-             "weights: the lab's model as it is, whose global max pooling reads every step's output, and the same "
-             "head reading only the last hidden state h_L, so that the gradient has to cross every step of the "
-             "recurrence: the setting in which gradients vanish or explode.")
-    return "\n\n".join(part for part in (
-        intro,
-        "### The cells\n\n" + CELL_EQUATIONS,
-        "### Parameters\n\n" + _param_table(gradients),
-        "### Measured gradients\n\n"
-        + figure_link(GRADIENT_FLOW, "Gradient norm per step, all cells") + "\n\n"
-        "Top: the lab's model; bottom: read from the last state. Dashed: initial weights; solid: trained.",
-        _curve_table(gradients),
-        _recurrence_paragraph(gradients),
-        _max_pool_paragraph(gradients, runs),
-        figure_link(EXPLODING_GRADIENTS, "Exploding gradients and clipping"),
-        _exploding_paragraph(gradients),
-    ) if part)
+    return render_gradients(gradients_facts(gradients, runs))
 
 
 def report_sections(selected: str, runs: Mapping[str, CellRun], scores: pd.DataFrame,

@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # annotations only; these import TensorFlow
 # Before any TensorFlow import below: keep its C++ info logs out of `dvc repro` output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 DIGITS = 6  # metrics are float32 underneath: more digits would only be noise
 SECONDS_DIGITS = 3
 
@@ -170,7 +169,7 @@ def trained_with(trainer: str) -> str:
 def fit(model: "keras.Model", x: np.ndarray, y: np.ndarray, train_params: TrainParams,
         callbacks: Sequence["keras.callbacks.Callback"] = ()) -> list[dict[str, Any]]:
     """Fit the model with train.trainer (keras: compiled beforehand) and return one row per epoch
-    (HISTORY_COLUMNS).
+    (history_rows).
 
     Both trainers hold out the last validation_split of x before shuffling, as Keras does."""
     if train_params.trainer == "fused":
@@ -212,7 +211,8 @@ def epoch_printer(epochs: int) -> "keras.callbacks.Callback":
 
 
 def dvclive_callbacks(cell: str) -> list["keras.callbacks.Callback"]:
-    """DVCLive's Keras callback writing to dvclive/{cell}/, with no dvc.yaml, experiment or report."""
+    """DVCLive's Keras callback writing to dvclive/{cell}/, with no dvc.yaml, experiment or report: the
+    per-epoch history that the report and dvc.yaml's plots read (artifacts.dvclive_metric_path)."""
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
@@ -284,14 +284,12 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
 # --- outputs --------------------------------------------------------------------------
 
 def write_outputs(cell: str, result: TrainingResult) -> None:
-    """Write the model, plots and metrics, each atomically; metrics last, as the sign of a complete run."""
-    import pandas as pd
-
+    """Write the model, test predictions and metrics, each atomically; metrics last, as the sign of a complete
+    run (DVCLive wrote the history while training)."""
     with artifacts.atomic_path(artifacts.model_path(cell)) as tmp:
         result.model.save(tmp)  # the temporary name ends in .keras, which Keras requires
         # for lstm_vs_gru.cli.predict: refuse to run this model on text encoded with another vocabulary
         artifacts.stamp_model(tmp, {"vocabulary_sha256": result.vocabulary_sha256})
-    artifacts.write_table(artifacts.history_path(cell), pd.DataFrame(result.history, columns=list(HISTORY_COLUMNS)))
     artifacts.write_table(artifacts.predictions_path(cell), result.predictions)
     artifacts.write_json(artifacts.metrics_path(cell), result.metrics)
 

@@ -90,8 +90,11 @@ def test_metrics_hold_every_key_in_range(clean):
             assert 0.0 < metrics[key] < 10.0, key
         # The small archive puts group words first: a working model beats chance (0.05) by far.
         assert metrics["test_accuracy"] > 0.5, metrics
-        history = pd.read_csv(clean.path / f"plots/{cell}/history.csv")
-        assert list(history["epoch"]) == [1, 2, 3, 4] and (history["seconds"] > 0).all()
+        live = clean.path / f"dvclive/{cell}/plots/metrics"  # the per-epoch history: step 0 is epoch 1
+        for series in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "train/seconds"):
+            assert list(pd.read_csv(live / f"{series}.tsv", sep="\t")["step"]) == [0, 1, 2, 3], series
+        assert (pd.read_csv(live / "train/seconds.tsv", sep="\t")["seconds"] > 0).all()
+        assert not (clean.path / f"plots/{cell}/history.csv").exists()
         predictions = pd.read_csv(clean.path / f"plots/{cell}/predictions.csv")
         assert len(predictions) == 100
         assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(metrics["test_accuracy"])
@@ -136,7 +139,7 @@ def test_plots_show_renders_html(clean, tmp_path):
     html = (tmp_path / "plots" / "index.html").read_text()
     for title in ("Accuracy per epoch", "Loss per epoch", "Confusion matrix, LSTM"):
         assert title in html
-    assert '"val_accuracy"' in html  # the data itself is embedded, not only the titles
+    assert "lstm/plots/metrics/eval/accuracy.tsv" in html  # the data itself is embedded, not only the titles
 
 
 def test_gate_fails_when_a_change_really_hurts_the_model(clean):

@@ -1,6 +1,7 @@
 """The report stage on fake-but-plausible train outputs: headline metrics, markdown, PNGs, errors."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -8,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jinja2
+import jinja2.meta
 import matplotlib.image
 from matplotlib.figure import Figure
 import numpy as np
@@ -49,6 +52,15 @@ def fake_history(metrics: dict) -> pd.DataFrame:
         "val_accuracy": [metrics["val_accuracy"] - 0.2, metrics["val_accuracy"]],
         "seconds": [metrics["seconds_per_epoch"] + 3.0, metrics["seconds_per_epoch"] - 3.0],
     })
+
+
+def write_dvclive_history(root: Path, cell: str, history: pd.DataFrame) -> None:
+    """`history` as DVCLive's Keras callback logs it: one TSV per series, a row per epoch from step 0."""
+    for key in report.HISTORY_SERIES:
+        if key in history:
+            path = root / report.history_path(cell, key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame({"step": history["epoch"] - 1, path.stem: history[key]}).to_csv(path, sep="\t", index=False)
 
 
 def fake_predictions(seed: int, posts: int = 600, hit_rate: float = 0.55) -> pd.DataFrame:
@@ -117,7 +129,7 @@ def write_fake_run(root: Path, cell_in_params: str = "lstm") -> None:
     """The train and gradients stages' outputs, plus params.yaml, under `root`."""
     for seed, cell in enumerate(artifacts.CELLS):
         artifacts.write_json(root / artifacts.metrics_path(cell), FAKE_METRICS[cell])
-        artifacts.write_table(root / artifacts.history_path(cell), fake_history(FAKE_METRICS[cell]))
+        write_dvclive_history(root, cell, fake_history(FAKE_METRICS[cell]))
         artifacts.write_table(root / artifacts.predictions_path(cell), fake_predictions(seed))
     artifacts.write_json(root / artifacts.metrics_path("gradients"), fake_gradients())
     for name in ("gradient_flow", "exploding"):
@@ -246,7 +258,8 @@ def test_report_is_byte_for_byte_reproducible(run_dir):
 def test_run_without_validation_figures_shows_dashes(run_dir):
     metrics = {**FAKE_METRICS["lstm"], "val_loss": None, "val_accuracy": None}
     artifacts.write_json(artifacts.metrics_path("lstm"), metrics)
-    artifacts.write_table(artifacts.history_path("lstm"), fake_history(FAKE_METRICS["lstm"])[["epoch", "loss", "accuracy"]])
+    for key in ("val_loss", "val_accuracy", "seconds"):
+        report.history_path("lstm", key).unlink()
     report_stage.write_report("lstm")
     assert artifacts.read_json(artifacts.REPORT_METRICS)["val_accuracy"] is None
     markdown = artifacts.REPORT_MD.read_text(encoding="utf-8")
@@ -254,7 +267,7 @@ def test_run_without_validation_figures_shows_dashes(run_dir):
 
 
 @pytest.mark.parametrize("missing, stage", [
-    (artifacts.history_path("gru"), "train_gru"),
+    (report.history_path("gru", "loss"), "train_gru"),
     (artifacts.metrics_path("lstm"), "train_lstm"),
     (artifacts.predictions_path("gru"), "train_gru"),
     (artifacts.metrics_path("gradients"), "gradients"),
@@ -284,6 +297,33 @@ def test_missing_predictions_of_the_other_cell_is_fine(run_dir):
 ])
 def test_corrupt_metrics_is_a_one_line_user_error(run_dir, content, expected):
     artifacts.metrics_path("gru").write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(expected)) as error:
+        report_stage.write_report("lstm")
+    assert "\n" not in str(error.value) and "dvc repro train_gru" in str(error.value)
+
+
+def test_history_is_dvclives_rounded_as_the_metrics(run_dir):
+    # a real run's values: DVCLive keeps every digit, metrics/lstm.json and the report 6 (seconds 3)
+    report.history_path("lstm", "val_accuracy").write_text("step\taccuracy\n0\t0.22703180212014135\n"
+                                                           "1\t0.4876325088339223\n", encoding="utf-8")
+    report.history_path("lstm", "seconds").write_text("step\tseconds\n0\t3.6617968609989475\n1\t2.0554723580007703\n",
+                                                      encoding="utf-8")
+    history = report.read_history("lstm")
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    assert history["epoch"].tolist() == [1, 2]
+    assert history["val_accuracy"].tolist() == [0.227032, 0.487633]
+    assert history["seconds"].tolist() == [3.662, 2.055]
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("step\tloss\n0\t2.5\n2\t1.7\n", "steps are not 0, 1, 2"),
+    ("step\tloss\n0\thigh\n1\t1.7\n", "column loss is not numeric"),
+    ("step\tvalue\n0\t2.5\n1\t1.7\n", "missing columns loss"),
+    ("step\tloss\n", "has no rows"),
+    ("step\tloss\n0\t2.5\n", "train/accuracy.tsv: 2 epochs, dvclive/gru/plots/metrics/train/loss.tsv has 1"),
+])
+def test_corrupt_history_is_a_one_line_user_error(run_dir, content, expected):
+    report.history_path("gru", "loss").write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(expected)) as error:
         report_stage.write_report("lstm")
     assert "\n" not in str(error.value) and "dvc repro train_gru" in str(error.value)
@@ -377,6 +417,25 @@ def test_gradients_section_with_the_gated_cells_only():
     section = report.gradients_section(gradients, fake_runs())
     assert "SimpleRNN 10<sup>" not in section and "plain RNN loses" not in section
     assert "LSTM 10<sup>−4.8</sup> at L = 400" in section and "validation accuracy of" not in section
+
+
+def test_gradients_template_reads_exactly_the_facts_given():
+    facts = report.gradients_facts(fake_gradients(), fake_runs())
+    environment = report.templates()
+    source, _, _ = environment.loader.get_source(environment, report.GRADIENTS_TEMPLATE)
+    read = jinja2.meta.find_undeclared_variables(environment.parse(source)) - set(environment.globals)
+    assert read == set(facts)
+
+
+def test_gradients_template_fails_on_a_missing_fact():
+    facts = report.gradients_facts(fake_gradients(), fake_runs())
+    for key in facts:
+        with pytest.raises(jinja2.UndefinedError):
+            report.render_gradients({name: value for name, value in facts.items() if name != key})
+    nested = copy.deepcopy(facts)
+    del nested["clipping"]["clipnorm_run"]["median_clipped_grad_norm"]
+    with pytest.raises(jinja2.UndefinedError, match="median_clipped_grad_norm"):
+        report.render_gradients(nested)
 
 
 def test_corrupt_gradients_metrics_is_a_one_line_user_error(run_dir):
