@@ -46,8 +46,17 @@ def metrics_path(name: str) -> Path:
     return METRICS_DIR / f"{name}.json"
 
 
-def model_path(cell: str) -> Path:
-    return MODELS_DIR / f"{cell}.keras"
+def run_folder(cell: str, seed: int) -> str:
+    """Where one training run's files go under models/, metrics/, plots/ and dvclive/: {cell}/seed{seed}."""
+    return f"{cell}/seed{seed}"
+
+
+def model_path(cell: str, seed: int) -> Path:
+    return MODELS_DIR / f"{run_folder(cell, seed)}.keras"
+
+
+def run_metrics_path(cell: str, seed: int) -> Path:
+    return METRICS_DIR / f"{run_folder(cell, seed)}.json"
 
 
 # Our own member inside a .keras file (a zip): Keras ignores members it does not know.
@@ -69,17 +78,17 @@ def read_model_stamp(path: str | os.PathLike) -> dict[str, Any]:
     return stamp if isinstance(stamp, dict) else {}
 
 
-def predictions_path(cell: str) -> Path:
-    return PLOTS_DIR / cell / "predictions.csv"
+def predictions_path(cell: str, seed: int) -> Path:
+    return PLOTS_DIR / run_folder(cell, seed) / "predictions.csv"
 
 
-def dvclive_dir(cell: str) -> Path:
-    return DVCLIVE_DIR / cell
+def dvclive_dir(cell: str, seed: int) -> Path:
+    return DVCLIVE_DIR / run_folder(cell, seed)
 
 
-def dvclive_metric_path(cell: str, metric: str) -> Path:
+def dvclive_metric_path(cell: str, seed: int, metric: str) -> Path:
     """A per-epoch series as DVCLive writes it (step, value), e.g. metric "train/loss" or "eval/accuracy"."""
-    return dvclive_dir(cell) / "plots" / "metrics" / f"{metric}.tsv"
+    return dvclive_dir(cell, seed) / "plots" / "metrics" / f"{metric}.tsv"
 
 
 REPORT_METRICS = METRICS_DIR / "report.json"

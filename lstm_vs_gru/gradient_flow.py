@@ -206,11 +206,11 @@ def gradient_flow(model: "keras.Model", tokens: np.ndarray, labels: np.ndarray,
 
 
 def load_trained_weights(cell: str, p: Params, n_classes: int) -> list[np.ndarray]:
-    """The weights of models/{cell}.keras (written by the train_{cell} stage), checked to fit
-    the classifier that params.yaml describes."""
+    """The weights of models/{cell}/seed{train.seed}.keras (written by the train_{cell} stage of that seed),
+    checked to fit the classifier that params.yaml describes."""
     _, keras = _tf()
-    path = artifacts.model_path(cell)
-    rerun = f"re-run `dvc repro train_{cell}`"
+    path = artifacts.model_path(cell, p.train.seed)
+    rerun = f"re-run `dvc repro train_{cell}@{p.train.seed}`"
     try:
         weights = keras.saving.load_model(path, compile=False).get_weights()
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:

@@ -4,7 +4,7 @@ A bad value fails with one line naming the key, the value and what is allowed.""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,10 +60,15 @@ class TrainParams:
     batch_size: int
     learning_rate: float
     validation_split: float
-    seed: int
+    seeds: tuple[int, ...]
     clipnorm: float | None
     trainer: str
     lazy_adam: bool
+    # The seed one training run uses: the first of `seeds` unless a stage trains another (`with_seed`).
+    seed: int = 0
+
+    def with_seed(self, seed: int) -> "TrainParams":
+        return replace(self, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -139,16 +144,17 @@ def _subset(choices: tuple[str, ...], *, nonempty: bool = False) -> Callable[[An
     return check
 
 
-def _int_list(low: int) -> Callable[[Any], tuple[int, ...]]:
+def _int_list(low: int, *, distinct: bool = False) -> Callable[[Any], tuple[int, ...]]:
     item = _int(low)
+    allowed = f"a non-empty list of {'distinct ' if distinct else ''}integers >= {low}"
 
     def check(value: Any) -> tuple[int, ...]:
-        if not isinstance(value, list) or not value:
-            raise ValueError(f"a non-empty list of integers >= {low}")
+        if not isinstance(value, list) or not value or (distinct and len(set(map(repr, value))) != len(value)):
+            raise ValueError(allowed)
         try:
             return tuple(item(v) for v in value)
         except ValueError:
-            raise ValueError(f"a non-empty list of integers >= {low}") from None
+            raise ValueError(allowed) from None
     return check
 
 
@@ -182,7 +188,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "epochs": _int(1), "batch_size": _int(1),
         "learning_rate": _float(0.0, 10.0, low_open=True),
         "validation_split": _float(0.0, 1.0, high_open=True),
-        "seed": _int(0),
+        "seeds": _int_list(0, distinct=True),
         "clipnorm": _optional(_float(0.0, math.inf, low_open=True, high_open=True)),
         "trainer": _choice(TRAINER_CHOICES),
         "lazy_adam": _bool,
@@ -256,6 +262,7 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
     if train.lazy_adam and train.trainer != "fused":
         raise _fail(path, "train.lazy_adam", train.lazy_adam, f"false while train.trainer is {train.trainer} "
                     "(Keras has no lazy Adam; it needs train.trainer: fused)")
+    sections["train"] = train.with_seed(train.seeds[0])
     return Params(**top, **sections)
 
 

@@ -23,16 +23,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from lstm_vs_gru import artifacts, params, training
+from lstm_vs_gru import artifacts, params, stats, training
 from lstm_vs_gru.artifacts import is_finite_number
 from lstm_vs_gru.errors import UserError
 
 METRIC_KEYS = (
-    "cell", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy",
+    "cell", "seed", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy",
     "val_loss", "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1",
 )
-HEADLINE_KEYS = ("cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params")
-INTEGER_KEYS = ("params", "epochs")
+INTEGER_KEYS = ("seed", "params", "epochs")
 # Keras's name of each per-epoch series <- DVCLive's, whose Keras callback logs val_* under eval/
 HISTORY_SERIES = {"loss": "train/loss", "accuracy": "train/accuracy", "val_loss": "eval/loss",
                   "val_accuracy": "eval/accuracy", "seconds": "train/seconds"}
@@ -43,6 +42,7 @@ PREDICTION_COLUMNS = ("actual", "predicted")
 LEARNING_CURVES = artifacts.report_figure_path("learning_curves")
 SECONDS_PER_EPOCH = artifacts.report_figure_path("seconds_per_epoch")
 CONFUSION_MATRIX = artifacts.report_figure_path("confusion_matrix")
+SEEDS_FIGURE = artifacts.report_figure_path("seeds")
 PER_GROUP_F1 = artifacts.report_figure_path("per_group_f1")
 
 CELL_COLOURS = {"lstm": "tab:blue", "gru": "tab:orange"}
@@ -56,23 +56,28 @@ MISSING = "—"
 
 @dataclass(frozen=True)
 class CellRun:
-    """What one cell's train stage produced."""
+    """What one training run (a cell and a seed) produced."""
     metrics: dict[str, Any]
     history: pd.DataFrame
 
 
+SeedRuns = dict[str, dict[int, CellRun]]  # cell -> seed -> run, seeds in train.seeds order
+
+
 # --- inputs ---
 
-def producer(cell: str) -> str:
-    """The dvc.yaml stage that writes a cell's metrics, history and predictions."""
-    return f"train_{cell}"
+def producer(cell: str, seed: int) -> str:
+    """The dvc.yaml stage that writes a run's metrics, history and predictions."""
+    return f"train_{cell}@{seed}"
 
 
-def required_inputs(selected: str) -> list[tuple[Path, str]]:
-    """Every file the report reads, with the stage that produces it."""
-    per_cell = [(artifacts.metrics_path(c), producer(c)) for c in artifacts.CELLS]
-    per_cell += [(history_path(c, key), producer(c)) for c in artifacts.CELLS for key in REQUIRED_SERIES]
-    return per_cell + [(artifacts.predictions_path(selected), producer(selected))] + gradient_inputs()
+def required_inputs(selected: str, seeds: Sequence[int]) -> list[tuple[Path, str]]:
+    """Every file the report reads, with the stage that produces it: each seed's run of each cell, the first
+    seed's test predictions of the selected cell, and the gradients stage's outputs."""
+    runs = [(artifacts.run_metrics_path(cell, seed), producer(cell, seed)) for cell in artifacts.CELLS for seed in seeds]
+    runs += [(history_path(cell, seed, key), producer(cell, seed))
+             for cell in artifacts.CELLS for seed in seeds for key in REQUIRED_SERIES]
+    return runs + [(artifacts.predictions_path(selected, seeds[0]), producer(selected, seeds[0]))] + gradient_inputs()
 
 
 def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
@@ -85,23 +90,24 @@ def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
     raise UserError(f"missing {files}: run `dvc repro {stages}` to produce {'it' if len(missing) == 1 else 'them'}")
 
 
-def read_metrics(path: Path, cell: str) -> dict[str, Any]:
-    """A cell's metrics/{cell}.json, checked against the train stage's contract."""
-    rerun = f"re-run `dvc repro {producer(cell)}`"
-    raw = artifacts.read_stage_json(path, METRIC_KEYS, producer(cell))
-    if raw["cell"] != cell:
-        raise UserError(f"{path}: cell is {raw['cell']!r}, expected {cell!r}: {rerun}")
+def read_metrics(path: Path, cell: str, seed: int) -> dict[str, Any]:
+    """A run's metrics/{cell}/seed{seed}.json, checked against the train stage's contract."""
+    rerun = f"re-run `dvc repro {producer(cell, seed)}`"
+    raw = artifacts.read_stage_json(path, METRIC_KEYS, producer(cell, seed))
+    if (raw["cell"], raw["seed"]) != (cell, seed):
+        raise UserError(f"{path}: cell {raw['cell']!r} and seed {raw['seed']!r}, expected {cell!r} and {seed}: {rerun}")
     for key in METRIC_KEYS[1:]:
         value = raw[key]
         # null is allowed: a run without a validation split has no val_* figures
         if value is not None and (not is_finite_number(value) or (key in INTEGER_KEYS and not isinstance(value, int))):
             raise UserError(f"{path}: {key} = {value!r} is not a {'whole ' if key in INTEGER_KEYS else ''}number: {rerun}")
-    return {key: raw[key] for key in METRIC_KEYS}
+    # metrics written before the trainer recorded its path say nothing of it
+    return {**{key: raw[key] for key in METRIC_KEYS}, "trained_with": str(raw.get("trained_with", "unrecorded"))}
 
 
-def read_table(path: Path, required: Sequence[str], cell: str, **read_csv: Any) -> pd.DataFrame:
-    """A non-empty CSV or TSV (read_csv's `sep`) with the required columns."""
-    rerun = f"re-run `dvc repro {producer(cell)}`"
+def read_table(path: Path, required: Sequence[str], stage: str, **read_csv: Any) -> pd.DataFrame:
+    """A non-empty CSV or TSV (read_csv's `sep`) with the required columns, written by `stage`."""
+    rerun = f"re-run `dvc repro {stage}`"
     try:
         frame = pd.read_csv(path, **read_csv)
     except (OSError, ValueError) as error:
@@ -115,15 +121,15 @@ def read_table(path: Path, required: Sequence[str], cell: str, **read_csv: Any) 
     return frame
 
 
-def history_path(cell: str, key: str) -> Path:
+def history_path(cell: str, seed: int, key: str) -> Path:
     """DVCLive's file of the per-epoch series Keras calls `key` (loss, val_accuracy, seconds...)."""
-    return artifacts.dvclive_metric_path(cell, HISTORY_SERIES[key])
+    return artifacts.dvclive_metric_path(cell, seed, HISTORY_SERIES[key])
 
 
-def read_series(path: Path, cell: str) -> list[float]:
+def read_series(path: Path, stage: str) -> list[float]:
     """One DVCLive series: a numeric value per epoch, at steps 0, 1, 2..."""
-    rerun = f"re-run `dvc repro {producer(cell)}`"
-    frame = read_table(path, ("step", path.stem), cell, sep="\t")
+    rerun = f"re-run `dvc repro {stage}`"
+    frame = read_table(path, ("step", path.stem), stage, sep="\t")
     for column in ("step", path.stem):
         if not pd.api.types.is_numeric_dtype(frame[column]):
             raise UserError(f"{path}: column {column} is not numeric: {rerun}")
@@ -132,40 +138,83 @@ def read_series(path: Path, cell: str) -> list[float]:
     return frame[path.stem].tolist()
 
 
-def read_history(cell: str) -> pd.DataFrame:
-    """A cell's history from DVCLive's files, one row per epoch (DVCLive's step + 1), rounded by
-    training.history_rows as metrics/{cell}.json's figures are."""
-    logs = {key: read_series(history_path(cell, key), cell) for key in HISTORY_SERIES
-            if key in REQUIRED_SERIES or history_path(cell, key).is_file()}
+def read_history(cell: str, seed: int) -> pd.DataFrame:
+    """A run's history from DVCLive's files, one row per epoch (DVCLive's step + 1), rounded by
+    training.history_rows as metrics/{cell}/seed{seed}.json's figures are."""
+    stage = producer(cell, seed)
+    logs = {key: read_series(history_path(cell, seed, key), stage) for key in HISTORY_SERIES
+            if key in REQUIRED_SERIES or history_path(cell, seed, key).is_file()}
     epochs = len(logs["loss"])
     for key, values in logs.items():
         if len(values) != epochs:
-            raise UserError(f"{history_path(cell, key)}: {len(values)} epochs, {history_path(cell, 'loss')} has "
-                            f"{epochs}: re-run `dvc repro {producer(cell)}`")
+            raise UserError(f"{history_path(cell, seed, key)}: {len(values)} epochs, "
+                            f"{history_path(cell, seed, 'loss')} has {epochs}: re-run `dvc repro {stage}`")
     return pd.DataFrame(training.history_rows(logs))[["epoch", *logs]]
 
 
-def read_predictions(path: Path, cell: str) -> pd.DataFrame:
-    """plots/{cell}/predictions.csv: actual and predicted group names, read as text."""
-    frame = read_table(path, PREDICTION_COLUMNS, cell, dtype=str, keep_default_na=False)
+def read_predictions(path: Path, stage: str) -> pd.DataFrame:
+    """plots/{cell}/seed{seed}/predictions.csv: actual and predicted group names, read as text."""
+    frame = read_table(path, PREDICTION_COLUMNS, stage, dtype=str, keep_default_na=False)
     return frame[list(PREDICTION_COLUMNS)]
 
 
-def read_inputs(selected: str) -> tuple[dict[str, CellRun], pd.DataFrame]:
-    """Both cells' runs and the selected cell's test predictions."""
-    check_inputs_exist(required_inputs(selected))
-    runs = {
-        cell: CellRun(read_metrics(artifacts.metrics_path(cell), cell), read_history(cell))
-        for cell in artifacts.CELLS
-    }
-    return runs, read_predictions(artifacts.predictions_path(selected), selected)
+def read_run(cell: str, seed: int) -> CellRun:
+    return CellRun(read_metrics(artifacts.run_metrics_path(cell, seed), cell, seed), read_history(cell, seed))
+
+
+def read_inputs(selected: str, seeds: Sequence[int]) -> tuple[SeedRuns, pd.DataFrame]:
+    """Every seed's run of both cells, and the first seed's test predictions of the selected cell."""
+    check_inputs_exist(required_inputs(selected, seeds))
+    runs = {cell: {seed: read_run(cell, seed) for seed in seeds} for cell in artifacts.CELLS}
+    reference = producer(selected, seeds[0])
+    return runs, read_predictions(artifacts.predictions_path(selected, seeds[0]), reference)
+
+
+def reference_runs(runs: SeedRuns) -> dict[str, CellRun]:
+    """Each cell's run of the first seed: the models the gradients stage and predict use."""
+    return {cell: next(iter(by_seed.values())) for cell, by_seed in runs.items()}
 
 
 # --- figures computed from the inputs ---
 
-def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The selected cell's figures for metrics/report.json (flat, so `dvc metrics diff` compares them)."""
-    return {key: metrics[key] for key in HEADLINE_KEYS}
+SEED_METRICS = {"test_accuracy": "test accuracy", "test_macro_f1": "test macro-F1",
+                "val_accuracy": "validation accuracy"}
+
+
+def seed_values(runs: SeedRuns, cell: str, key: str) -> list[Any]:
+    return [run.metrics.get(key) for run in runs[cell].values()]
+
+
+def aggregates(runs: SeedRuns) -> dict[str, Any]:
+    """Over seeds: each cell's summary (mean, sd, 95% interval) of SEED_METRICS, the paired difference of the
+    second cell minus the first (same seeds) with its p-value, the verdict on test accuracy, and each seed's
+    value (for the gate). A metric some run lacks (no validation split) is left out."""
+    first, second = runs
+    keys = [key for key in SEED_METRICS if all(None not in seed_values(runs, cell, key) for cell in runs)]
+    differences = {key: stats.paired_difference(seed_values(runs, first, key), seed_values(runs, second, key))
+                   for key in keys}
+    return {
+        "cells": {cell: {key: stats.summary(seed_values(runs, cell, key)) for key in keys} for cell in runs},
+        f"{second}_minus_{first}": differences,
+        "verdict": stats.verdict((first.upper(), second.upper()), differences["test_accuracy"], "test accuracy"),
+        # the code path that trained (native, xla, keras): a change of path explains a shift of the figures
+        "trained_with": {cell: ", ".join(sorted(set(seed_values(runs, cell, "trained_with")))) for cell in runs},
+        "per_seed": {cell: {key: {str(seed): run.metrics[key] for seed, run in runs[cell].items()} for key in keys}
+                     for cell in runs},
+    }
+
+
+def mean_seconds(runs: SeedRuns, cell: str) -> float:
+    return round(float(np.mean(seed_values(runs, cell, "seconds_per_epoch"))), 3)
+
+
+def headline(selected: str, runs: SeedRuns, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics/report.json: the selected cell's means over seeds under the keys a single run has (so
+    `dvc metrics diff` compares them), then the aggregates."""
+    cell_summary = summary["cells"][selected]
+    means = {key: cell_summary[key]["mean"] if key in cell_summary else None for key in SEED_METRICS}
+    return {"cell": selected, "seeds": len(runs[selected]), **means, "seconds_per_epoch": mean_seconds(runs, selected),
+            "params": seed_values(runs, selected, "params")[0], **summary}
 
 
 def group_labels(actual: Sequence[str], predicted: Sequence[str]) -> list[str]:
@@ -194,45 +243,81 @@ def top_confusions(matrix: np.ndarray, labels: Sequence[str], count: int = 5) ->
 
 # --- pictures: one function per figure ---
 
-def plot_learning_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Loss and accuracy per epoch for every cell, train solid and validation dashed."""
+def _over_seeds(histories: Sequence[pd.DataFrame], column: str) -> pd.DataFrame | None:
+    """Per epoch: the mean of `column` over the seeds' histories and its standard deviation (0 for one seed)."""
+    frames = [history.set_index("epoch")[column] for history in histories if column in history]
+    if not frames or all(frame.isna().all() for frame in frames):
+        return None
+    table = pd.concat(frames, axis=1)
+    return pd.DataFrame({"mean": table.mean(axis=1), "std": table.std(axis=1, ddof=1).fillna(0.0)})
+
+
+def plot_learning_curves(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
+    """Loss and accuracy per epoch for every cell: the mean over seeds, train solid and validation dashed, with
+    a band of one standard deviation over seeds."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for cell, history in histories.items():
+    for cell, runs in histories.items():
         for axes, column in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-            axes.plot(history["epoch"], history[column], "o-", color=CELL_COLOURS[cell], label=f"{cell.upper()} train")
-            validation = f"val_{column}"
-            if validation in history and history[validation].notna().any():
-                axes.plot(history["epoch"], history[validation], "o--", color=CELL_COLOURS[cell],
-                          label=f"{cell.upper()} validation")
+            for name, style, part in ((column, "o-", "train"), (f"val_{column}", "o--", "validation")):
+                curve = _over_seeds(runs, name)
+                if curve is None:
+                    continue
+                axes.plot(curve.index, curve["mean"], style, color=CELL_COLOURS[cell], label=f"{cell.upper()} {part}")
+                axes.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
+                                  color=CELL_COLOURS[cell], alpha=0.15, linewidth=0)
     for cell, reference in LAB_REFERENCE.items():
         accuracy_axes.plot(reference["epochs"], reference["val_accuracy"], "*", markersize=13, color=CELL_COLOURS[cell],
                            markeredgecolor="black", label=f"lab {cell.upper()} validation")
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-        axes.set(xlabel="epoch", ylabel=name, title=f"{name.capitalize()} per epoch")
+        axes.set(xlabel="epoch", ylabel=name, title=f"{name.capitalize()} per epoch, mean ± sd over seeds")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     return figure
 
 
-def plot_seconds_per_epoch(metrics: Mapping[str, Mapping[str, Any]], histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Mean seconds per epoch per cell (bars), each epoch (dots) and the lab's ~50 s (dashed)."""
+def plot_seconds_per_epoch(seconds: Mapping[str, float], histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
+    """Mean seconds per epoch per cell over its seeds (bars), each epoch of each seed (dots) and the lab's ~50 s."""
     figure = Figure(figsize=(5.5, 4.2), layout="constrained")
     axes = figure.subplots()
-    cells = list(metrics)
-    means = [_float_or_nan(metrics[cell]["seconds_per_epoch"]) for cell in cells]
-    bars = axes.bar([cell.upper() for cell in cells], means, color=[CELL_COLOURS[cell] for cell in cells], width=0.55)
+    cells = list(seconds)
+    bars = axes.bar([cell.upper() for cell in cells], [seconds[cell] for cell in cells],
+                    color=[CELL_COLOURS[cell] for cell in cells], width=0.55)
     axes.bar_label(bars, fmt="%.1f s", label_type="center", color="white", fontweight="bold")  # clear of the dots
     for position, cell in enumerate(cells):
-        if "seconds" in histories[cell]:
-            seconds = histories[cell]["seconds"].dropna()
-            axes.plot([position] * len(seconds), seconds, "k.", label="single epochs" if position == 0 else None)
+        epochs = pd.concat([history["seconds"] for history in histories[cell] if "seconds" in history]
+                           or [pd.Series(dtype=float)]).dropna()
+        axes.plot([position] * len(epochs), epochs, "k.", label="single epochs" if position == 0 else None)
     lab_seconds = LAB_REFERENCE["lstm"]["seconds_per_epoch"]
     axes.axhline(lab_seconds, linestyle="--", color="grey", label=f"lab ≈ {lab_seconds:.0f} s")
     axes.set(ylabel="seconds per epoch", title="Training time per epoch")
     axes.margins(y=0.15)
     axes.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def plot_seeds(runs: SeedRuns, summary: Mapping[str, Any]) -> Figure:
+    """Each seed's test accuracy and macro-F1 per cell, a grey line joining a seed's two cells (the pairing
+    the paired test uses), and each cell's mean with its 95% interval."""
+    keys = [key for key in ("test_accuracy", "test_macro_f1") if key in summary["cells"][next(iter(runs))]]
+    figure = Figure(figsize=(5.2 * len(keys), 4.2), layout="constrained")
+    for axes, key in zip(np.atleast_1d(figure.subplots(1, len(keys))), keys):
+        cells = list(runs)
+        values = np.array([seed_values(runs, cell, key) for cell in cells])
+        axes.plot(np.arange(len(cells))[:, None].repeat(values.shape[1], 1), values, "-", color="grey", alpha=0.4)
+        for position, cell in enumerate(cells):
+            axes.plot([position] * values.shape[1], values[position], "o", color=CELL_COLOURS[cell], alpha=0.7)
+            cell_summary = summary["cells"][cell][key]
+            if cell_summary["ci_low"] is not None:
+                axes.errorbar(position + 0.12, cell_summary["mean"], fmt="D", color="black", capsize=5,
+                              yerr=[[cell_summary["mean"] - cell_summary["ci_low"]],
+                                    [cell_summary["ci_high"] - cell_summary["mean"]]])
+        axes.set_xticks(range(len(cells)), [cell.upper() for cell in cells])
+        axes.set(xlim=(-0.5, len(cells) - 0.5), ylabel=SEED_METRICS[key],
+                 title=f"{SEED_METRICS[key][0].upper() + SEED_METRICS[key][1:]}, {values.shape[1]} seeds "
+                       "(◆ mean, 95% interval)")
+        axes.grid(alpha=0.3, axis="y")
     return figure
 
 
@@ -335,39 +420,78 @@ def title_section() -> str:
             "trained on the 20news-bydate train split and scored on its test split.")
 
 
-def _difference(selected: Mapping[str, Any], other: Mapping[str, Any], key: str) -> str:
-    if selected[key] is None or other[key] is None:
-        return MISSING
-    return f"{selected[key] - other[key]:+.4f}"
+def mean_metrics(runs: SeedRuns) -> dict[str, dict[str, Any]]:
+    """Each cell's metrics averaged over its seeds (None where a run has no value)."""
+    def mean(values: list[Any]) -> Any:
+        return None if None in values else float(np.mean(values))
+    return {cell: {key: mean(seed_values(runs, cell, key)) for _, key, _ in COMPARISON_ROWS} for cell in runs}
 
 
-def selection_section(selected: str, runs: Mapping[str, CellRun]) -> str:
-    """Which cell the project puts forward, its headline figures and how it compares with the other cell."""
-    other = next(cell for cell in runs if cell != selected)
-    mine, theirs = runs[selected].metrics, runs[other].metrics
-    rows = [
-        ("Test accuracy", fmt_score(mine["test_accuracy"]), _difference(mine, theirs, "test_accuracy")),
-        ("Test macro-F1", fmt_score(mine["test_macro_f1"]), _difference(mine, theirs, "test_macro_f1")),
-        ("Validation accuracy", fmt_score(mine["val_accuracy"]), _difference(mine, theirs, "val_accuracy")),
-        ("Seconds per epoch", fmt_seconds(mine["seconds_per_epoch"]), MISSING),
-        ("Parameters", fmt_count(mine["params"]), MISSING),
-    ]
+def _interval(summary: Mapping[str, Any]) -> str:
+    if summary["ci_low"] is None:
+        return fmt_score(summary["mean"])
+    return f"{fmt_score(summary['mean'])} ± {(summary['ci_high'] - summary['ci_low']) / 2:.4f}"
+
+
+def selection_section(selected: str, summary: Mapping[str, Any], head: Mapping[str, Any]) -> str:
+    """Which cell the project puts forward and its headline figures: means over seeds with 95% intervals, and
+    the paired difference from the other cell."""
+    first, second = summary["cells"]
+    other = second if selected == first else first
+    difference, sign = summary[f"{second}_minus_{first}"], 1 if selected == second else -1
+    rows = [(label[0].upper() + label[1:], _interval(summary["cells"][selected][key]),
+             f"{sign * difference[key]['mean']:+.4f}") for key, label in SEED_METRICS.items()
+            if key in summary["cells"][selected]]
+    rows += [("Seconds per epoch", fmt_seconds(head["seconds_per_epoch"]), MISSING),
+             ("Parameters", fmt_count(head["params"]), MISSING)]
     return (f"## Selected cell: {selected.upper()}\n\n"
             f"This project puts forward **{selected.upper()}** (`cell: {selected}` in params.yaml; "
-            f"`dvc exp run -S cell={other}` selects the other one). Its headline figures, also in "
-            f"`{artifacts.REPORT_METRICS.as_posix()}`:\n\n"
-            + table(["", selected.upper(), f"vs {other.upper()}"], rows, "lrr"))
+            f"`dvc exp run -S cell={other}` selects the other one). Its headline figures, means over "
+            f"{head['seeds']} seeds with their 95% intervals, also in `{artifacts.REPORT_METRICS.as_posix()}`:\n\n"
+            + table(["", selected.upper(), f"vs {other.upper()}, same seeds"], rows, "lrr"))
 
 
-def comparison_section(selected: str, runs: Mapping[str, CellRun]) -> str:
-    """Both cells side by side, with the lab's published figures as a reference."""
-    cells = list(runs)
+def seeds_section(runs: SeedRuns, summary: Mapping[str, Any]) -> str:
+    """The verdict over seeds: each cell's mean, spread and interval, the paired difference and its test."""
+    first, second = runs
+    difference = summary[f"{second}_minus_{first}"]
+    rows = []
+    for key, label in SEED_METRICS.items():
+        if key not in difference:
+            continue
+        for cell in runs:
+            cell_summary = summary["cells"][cell][key]
+            rows.append((label, cell.upper(), fmt_score(cell_summary["mean"]), fmt_score(cell_summary["std"]),
+                         _range(cell_summary), MISSING))
+        rows.append((label, f"{second.upper()} − {first.upper()}", f"{difference[key]['mean']:+.4f}",
+                     fmt_score(difference[key]["std"]), _range(difference[key]),
+                     MISSING if difference[key]["p_value"] is None else f"{difference[key]['p_value']:.3g}"))
+    seeds = ", ".join(str(seed) for seed in runs[first])
+    return ("## LSTM against GRU over seeds\n\n"
+            f"**{summary['verdict']}**\n\n"
+            f"Each cell trained once per seed ({seeds}: `train.seeds`); a seed fixes the initial weights, the "
+            "batches and the dropout masks, the same for both cells, so the difference is taken seed by seed and "
+            "tested with a paired t-test (SciPy's `ttest_rel`); intervals are Student-t 95% intervals of the mean.\n\n"
+            + table(["Metric", "Cell", "Mean", "SD", "95% interval", "p (paired)"], rows, "llrrrr") + "\n\n"
+            + figure_link(SEEDS_FIGURE, "Each seed's test scores per cell"))
+
+
+def _range(summary: Mapping[str, Any]) -> str:
+    if summary["ci_low"] is None:
+        return MISSING
+    return f"{summary['ci_low']:.4f} – {summary['ci_high']:.4f}"
+
+
+def comparison_section(selected: str, metrics: Mapping[str, Mapping[str, Any]], seeds: int) -> str:
+    """Both cells side by side (means over seeds), with the lab's published figures as a reference."""
+    cells = list(metrics)
     header = ["", *(f"{c.upper()} (selected)" if c == selected else c.upper() for c in cells),
               *(f"Lab {c.upper()}" for c in cells)]
-    rows = [[label, *(fmt(runs[c].metrics[key]) for c in cells),
+    rows = [[label, *(fmt(metrics[c][key]) for c in cells),
              *(fmt_lab(key, LAB_REFERENCE[c].get(key)) for c in cells)]
             for label, key, fmt in COMPARISON_ROWS]
-    note = ("Lab columns: the Keras 2 notebook this project reproduces published only these figures "
+    note = (f"Means over {seeds} seeds. Lab columns: the Keras 2 notebook this project reproduces published only "
+            "these figures, from one run each "
             "(validation accuracy after 2 epochs, about 50 s per epoch on its machine, parameter counts). "
             "Its GRU is Keras 2's (`reset_after=False`); Keras 3's default `reset_after=True` adds a second "
             "recurrent bias, 3 × units more parameters (`model.gru_reset_after` in params.yaml).")
@@ -377,18 +501,21 @@ def comparison_section(selected: str, runs: Mapping[str, CellRun]) -> str:
 def training_section() -> str:
     """Learning curves and time per epoch of both cells."""
     return ("## Training\n\n"
-            "Loss and accuracy per epoch (train solid, validation dashed; stars: the lab's validation accuracy).\n\n"
+            "Loss and accuracy per epoch, mean over seeds with a band of one standard deviation (train solid, "
+            "validation dashed; stars: the lab's validation accuracy).\n\n"
             + figure_link(LEARNING_CURVES, "Learning curves of both cells") + "\n\n"
-            "Seconds per epoch (bars: mean, dots: single epochs; the first epoch includes tracing and XLA compilation).\n\n"
+            "Seconds per epoch (bars: mean over seeds, dots: single epochs; the first epoch includes tracing and XLA compilation).\n\n"
             + figure_link(SECONDS_PER_EPOCH, "Seconds per epoch per cell"))
 
 
-def selected_cell_section(selected: str, scores: pd.DataFrame, confusions: Sequence[tuple[str, str, int]]) -> str:
-    """The selected cell's errors on the test split: confusion matrix, most confused pairs, F1 per group."""
+def selected_cell_section(selected: str, seed: int, scores: pd.DataFrame,
+                          confusions: Sequence[tuple[str, str, int]]) -> str:
+    """The selected cell's errors on the test split (the first seed's run): confusion matrix, most confused
+    pairs, F1 per group."""
     pairs = [(actual, predicted, f"{posts:,}") for actual, predicted, posts in confusions]
     groups = [(row.group, fmt_score(row.precision), fmt_score(row.recall), fmt_score(row.f1), f"{int(row.support):,}")
               for row in scores.itertuples()]
-    return (f"## {selected.upper()} on the test split\n\n"
+    return (f"## {selected.upper()} on the test split (seed {seed})\n\n"
             + figure_link(CONFUSION_MATRIX, f"{selected.upper()} confusion matrix") + "\n\n"
             "Most frequent confusions:\n\n"
             + (table(["Actual group", "Predicted as", "Posts"], pairs, "llr") if pairs else "None.") + "\n\n"
@@ -603,16 +730,18 @@ def gradients_section(gradients: Mapping[str, Any], runs: Mapping[str, CellRun])
     return render_gradients(gradients_facts(gradients, runs))
 
 
-def report_sections(selected: str, runs: Mapping[str, CellRun], scores: pd.DataFrame,
-                    confusions: Sequence[tuple[str, str, int]], gradients: Mapping[str, Any]) -> list[str]:
-    """The report's sections in order; later stages' sections (e.g. gradients) are appended to this list."""
+def report_sections(selected: str, runs: SeedRuns, summary: Mapping[str, Any], head: Mapping[str, Any],
+                    scores: pd.DataFrame, confusions: Sequence[tuple[str, str, int]],
+                    gradients: Mapping[str, Any]) -> list[str]:
+    """The report's sections in order."""
     return [
         title_section(),
-        selection_section(selected, runs),
-        comparison_section(selected, runs),
+        selection_section(selected, summary, head),
+        seeds_section(runs, summary),
+        comparison_section(selected, mean_metrics(runs), head["seeds"]),
         training_section(),
-        selected_cell_section(selected, scores, confusions),
-        gradients_section(gradients, runs),
+        selected_cell_section(selected, next(iter(runs[selected])), scores, confusions),
+        gradients_section(gradients, reference_runs(runs)),
     ]
 
 

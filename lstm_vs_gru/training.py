@@ -210,13 +210,13 @@ def epoch_printer(epochs: int) -> "keras.callbacks.Callback":
     return keras.callbacks.LambdaCallback(on_epoch_end=end)
 
 
-def dvclive_callbacks(cell: str) -> list["keras.callbacks.Callback"]:
-    """DVCLive's Keras callback writing to dvclive/{cell}/, with no dvc.yaml, experiment or report: the
-    per-epoch history that the report and dvc.yaml's plots read (artifacts.dvclive_metric_path)."""
+def dvclive_callbacks(cell: str, seed: int) -> list["keras.callbacks.Callback"]:
+    """DVCLive's Keras callback writing to dvclive/{cell}/seed{seed}/, with no dvc.yaml, experiment or report:
+    the per-epoch history that the report and dvc.yaml's plots read (artifacts.dvclive_metric_path)."""
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    live = Live(dir=str(artifacts.dvclive_dir(cell)), dvcyaml=False, save_dvc_exp=False, report=None)
+    live = Live(dir=str(artifacts.dvclive_dir(cell, seed)), dvcyaml=False, save_dvc_exp=False, report=None)
     return [DVCLiveCallback(live=live)]
 
 
@@ -243,15 +243,16 @@ def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[s
     return scores, predictions
 
 
-def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores: dict[str, float],
+def summarize(cell: str, seed: int, param_count: int, history: list[dict[str, Any]], scores: dict[str, float],
               path: str) -> dict[str, Any]:
-    """The flat metrics/{cell}.json record: the last epoch's train/val figures, the test scores and the
-    path that trained (`trained_with`: native, xla or keras; another path rounds differently, so a metric
+    """The flat metrics/{cell}/seed{seed}.json record: the last epoch's train/val figures, the test scores and
+    the path that trained (`trained_with`: native, xla or keras; another path rounds differently, so a metric
     diff beside a change of path is explained by it)."""
     last = history[-1]
     seconds = [row["seconds"] for row in history]
     return {
         "cell": cell,
+        "seed": seed,
         "params": int(param_count),
         "epochs": len(history),
         "trained_with": path,
@@ -265,8 +266,8 @@ def summarize(cell: str, param_count: int, history: list[dict[str, Any]], scores
 
 
 def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> TrainingResult:
-    """Seed, build, fit (compiling first for the keras trainer) and evaluate one classifier; writes only
-    dvclive/{cell}/."""
+    """Seed (with params.train.seed), build, fit (compiling first for the keras trainer) and evaluate one
+    classifier; writes only dvclive/{cell}/seed{seed}/."""
     from lstm_vs_gru.model import build_model, seed_everything
 
     seed_everything(params.train.seed)
@@ -274,23 +275,24 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
     train_params = replace(params.train, trainer=trainer_for_device(params.train, gpu_count()))
     if train_params.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
         compile_model(model, train_params)
-    history = fit(model, train.x, train.y, train_params, dvclive_callbacks(cell))
+    history = fit(model, train.x, train.y, train_params, dvclive_callbacks(cell, train_params.seed))
     scores, predictions = evaluate(model, test, train_params.batch_size)
-    metrics = summarize(cell, model.count_params(), history, scores, trained_with(train_params.trainer))
+    metrics = summarize(cell, train_params.seed, model.count_params(), history, scores,
+                        trained_with(train_params.trainer))
     return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions,
                           vocabulary_sha256=train.vocabulary_sha256)
 
 
 # --- outputs --------------------------------------------------------------------------
 
-def write_outputs(cell: str, result: TrainingResult) -> None:
+def write_outputs(cell: str, seed: int, result: TrainingResult) -> None:
     """Write the model, test predictions and metrics, each atomically; metrics last, as the sign of a complete
     run (DVCLive wrote the history while training)."""
-    with artifacts.atomic_path(artifacts.model_path(cell)) as tmp:
+    with artifacts.atomic_path(artifacts.model_path(cell, seed)) as tmp:
         result.model.save(tmp)  # the temporary name ends in .keras, which Keras requires
         # for lstm_vs_gru.cli.predict: refuse to run this model on text encoded with another vocabulary
         artifacts.stamp_model(tmp, {"vocabulary_sha256": result.vocabulary_sha256})
-    artifacts.write_table(artifacts.predictions_path(cell), result.predictions)
-    artifacts.write_json(artifacts.metrics_path(cell), result.metrics)
+    artifacts.write_table(artifacts.predictions_path(cell, seed), result.predictions)
+    artifacts.write_json(artifacts.run_metrics_path(cell, seed), result.metrics)
 
 

@@ -26,15 +26,15 @@ def write_outputs(p: Params, sample: Sample, m: Measurements, n_classes: int) ->
                               curve_table(*(m.curves[name, setting, length, readout] for readout in READOUTS)))
     artifacts.write_table(artifacts.GRADIENT_CLIPPING, clipping_table(m.unclipped, m.clipped))
     artifacts.write_png(plot_gradient_flow(m.curves, p.gradients.cells, p.gradients.seq_lengths),
-             artifacts.gradient_figure_path("gradient_flow"))
-    artifacts.write_png(plot_exploding(m.curves, p.gradients.seq_lengths, m.unclipped, m.clipped, p.gradients.recurrent_scale),
-             artifacts.gradient_figure_path("exploding"))
+                        artifacts.gradient_figure_path("gradient_flow"))
+    artifacts.write_png(plot_exploding(m.curves, p.gradients.seq_lengths, m.unclipped, m.clipped,
+                                       p.gradients.recurrent_scale), artifacts.gradient_figure_path("exploding"))
     artifacts.write_json(artifacts.metrics_path("gradients"), gradient_metrics(p, sample, m, n_classes))
 
 
 def load_inputs(p: Params) -> tuple[Sample, training.Split]:
     """The measured sample (from data/tokens/train.npz) and the padded training split, checked;
-    also checks the trained models exist, all before TensorFlow is imported."""
+    also checks the trained models of the first seed exist, all before TensorFlow is imported."""
     tokens = read_tokens("train")
     check_tokens(tokens, p.tokenize.num_words, p.gradients.samples)
     padded = training.load_padded("train", p.tokenize.num_words, p.pad.maxlen)
@@ -43,8 +43,9 @@ def load_inputs(p: Params) -> tuple[Sample, training.Split]:
                         "groups (rerun the pad stage)")
     training.check_validation_split(len(padded.x), p.train.validation_split)
     for cell in p.gradients.cells:
-        if cell != "simple_rnn" and not artifacts.model_path(cell).is_file():
-            raise UserError(f"{artifacts.model_path(cell)}: not found (run `dvc repro train_{cell}` first)")
+        path = artifacts.model_path(cell, p.train.seed)
+        if cell != "simple_rnn" and not path.is_file():
+            raise UserError(f"{path}: not found (run `dvc repro train_{cell}@{p.train.seed}` first)")
     return build_sample(tokens, p), padded
 
 

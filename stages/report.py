@@ -1,37 +1,44 @@
-"""Stage `report`: metrics/report.json (the headline of the cell params.yaml's `cell` puts forward),
-reports/report.md and the PNGs it links (lstm_vs_gru/report.py builds them)."""
+"""Stage `report`: metrics/report.json (the cell params.yaml's `cell` puts forward: its means over seeds, and
+both cells' aggregates with the verdict between them), reports/report.md and the PNGs it links
+(lstm_vs_gru/report.py builds them)."""
 from __future__ import annotations
 
 from lstm_vs_gru import artifacts, params
 from lstm_vs_gru.errors import exits_cleanly
-from lstm_vs_gru.report import (CONFUSION_MATRIX, LEARNING_CURVES, PER_GROUP_F1, SECONDS_PER_EPOCH, confusion,
-                                copy_gradient_figures, group_labels, headline, per_group_scores, plot_confusion,
-                                plot_learning_curves, plot_per_group_f1, plot_seconds_per_epoch, read_gradients,
-                                read_inputs, render_markdown, report_sections, top_confusions)
+from lstm_vs_gru.report import (CONFUSION_MATRIX, LEARNING_CURVES, PER_GROUP_F1, SECONDS_PER_EPOCH, SEEDS_FIGURE,
+                                aggregates, confusion, copy_gradient_figures, group_labels, headline, mean_seconds,
+                                per_group_scores, plot_confusion, plot_learning_curves, plot_per_group_f1,
+                                plot_seconds_per_epoch, plot_seeds, read_gradients, read_inputs, render_markdown,
+                                report_sections, top_confusions)
 
 
-def write_report(selected: str) -> None:
+def write_report(selected: str, seeds: tuple[int, ...]) -> None:
     """Read the train and gradients stages' outputs; write metrics/report.json, reports/report.md and its PNGs."""
-    runs, predictions = read_inputs(selected)
+    runs, predictions = read_inputs(selected, seeds)
     gradients = read_gradients()
     actual, predicted = predictions["actual"].tolist(), predictions["predicted"].tolist()
     labels = group_labels(actual, predicted)
     matrix = confusion(actual, predicted, labels)
     scores = per_group_scores(actual, predicted, labels)
-    artifacts.write_json(artifacts.REPORT_METRICS, headline(runs[selected].metrics))
-    artifacts.write_png(plot_learning_curves({cell: run.history for cell, run in runs.items()}), LEARNING_CURVES)
-    artifacts.write_png(plot_seconds_per_epoch({cell: run.metrics for cell, run in runs.items()},
-                                             {cell: run.history for cell, run in runs.items()}), SECONDS_PER_EPOCH)
+    summary = aggregates(runs)
+    head = headline(selected, runs, summary)
+    histories = {cell: [run.history for run in by_seed.values()] for cell, by_seed in runs.items()}
+    artifacts.write_json(artifacts.REPORT_METRICS, head)
+    artifacts.write_png(plot_learning_curves(histories), LEARNING_CURVES)
+    seconds = {cell: mean_seconds(runs, cell) for cell in runs}
+    artifacts.write_png(plot_seconds_per_epoch(seconds, histories), SECONDS_PER_EPOCH)
+    artifacts.write_png(plot_seeds(runs, summary), SEEDS_FIGURE)
     artifacts.write_png(plot_confusion(matrix, labels, selected), CONFUSION_MATRIX)
     artifacts.write_png(plot_per_group_f1(scores, selected), PER_GROUP_F1)
     copy_gradient_figures()
-    sections = report_sections(selected, runs, scores, top_confusions(matrix, labels), gradients)
+    sections = report_sections(selected, runs, summary, head, scores, top_confusions(matrix, labels), gradients)
     artifacts.write_text(artifacts.REPORT_MD, render_markdown(sections))
 
 
 @exits_cleanly
 def main() -> None:
-    write_report(params.load().cell)
+    settings = params.load()
+    write_report(settings.cell, settings.train.seeds)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,55 @@
-"""Stage `train_lstm` / `train_gru`: train one classifier and evaluate it on the test split,
-`python -m stages.train lstm|gru`.
+"""Stage `train_lstm@SEED` / `train_gru@SEED` (one per seed of `train.seeds`): train one classifier and evaluate
+it on the test split, `python -m stages.train lstm|gru [--seed N]` (default: the first of train.seeds).
 
-Per-epoch logs go to dvclive/{cell}/ while training runs; models/{cell}.keras, metrics/{cell}.json and
-plots/{cell}/{history,predictions}.csv are written only after training and evaluation both succeed. TensorFlow is
-imported only once the cell argument, params.yaml and the padded arrays have been checked, so a mistake
-fails in a second."""
+Per-epoch logs go to dvclive/{cell}/seed{N}/ while training runs; models/{cell}/seed{N}.keras,
+metrics/{cell}/seed{N}.json and plots/{cell}/seed{N}/{history,predictions}.csv are written only after
+training and evaluation both succeed. TensorFlow is imported only once the arguments, params.yaml and the
+padded arrays have been checked, so a mistake fails in a second."""
 from __future__ import annotations
 
+import argparse
+from dataclasses import replace
 from typing import Sequence
 
 from lstm_vs_gru import training
 from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
-from lstm_vs_gru.params import CELL_CHOICES, load
+from lstm_vs_gru.params import CELL_CHOICES, Params, load
 
 
-def parse_cell(argv: Sequence[str] | None = None) -> str:
-    """The cell named on the command line, checked against params.CELL_CHOICES."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The cell (checked against params.CELL_CHOICES) and the seed named on the command line."""
     parser = OneLineParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
     parser.add_argument("cell", help="the recurrent cell to train: " + " or ".join(CELL_CHOICES))
-    cell = parser.parse_args(argv).cell
-    if cell not in CELL_CHOICES:
-        raise UserError(f"unknown cell {cell!r}: must be one of {', '.join(CELL_CHOICES)}")
-    return cell
+    parser.add_argument("--seed", type=int, default=None, help="one of train.seeds (default: the first)")
+    args = parser.parse_args(argv)
+    if args.cell not in CELL_CHOICES:
+        raise UserError(f"unknown cell {args.cell!r}: must be one of {', '.join(CELL_CHOICES)}")
+    return args
+
+
+def for_seed(params: Params, seed: int | None) -> Params:
+    """params training with `seed`, which must be one of train.seeds (None: the first)."""
+    if seed is None:
+        return params
+    if seed not in params.train.seeds:
+        raise UserError(f"--seed {seed}: not one of train.seeds {list(params.train.seeds)} in params.yaml")
+    return replace(params, train=params.train.with_seed(seed))
 
 
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
-    cell = parse_cell(argv)
-    params = load()
+    args = parse_args(argv)
+    params = for_seed(load(), args.seed)
     if training.fused is not None:
         training.fused.check_environment()  # a bad $LSTM_VS_GRU_NATIVE fails here, before any work
     train, test = training.load_inputs(params)
     if training.fused is not None:
         training.fused.enable_compile_cache()  # before TensorFlow compiles anything
-    result = training.train_and_evaluate(cell, params, train, test)
-    training.write_outputs(cell, result)
+    result = training.train_and_evaluate(args.cell, params, train, test)
+    training.write_outputs(args.cell, params.train.seed, result)
     m = result.metrics
-    print(f"{cell}: {m['params']:,} params, {m['seconds_per_epoch']} s/epoch, val_accuracy {m['val_accuracy']}, "
-          f"test_accuracy {m['test_accuracy']}, test_macro_f1 {m['test_macro_f1']}")
+    print(f"{args.cell} seed {params.train.seed}: {m['params']:,} params, {m['seconds_per_epoch']} s/epoch, "
+          f"val_accuracy {m['val_accuracy']}, test_accuracy {m['test_accuracy']}, test_macro_f1 {m['test_macro_f1']}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ SMALL_PARAMS = {
     "tokenize.num_words": 400,
     "pad.maxlen": 40,
     "train.epochs": 4,
+    "train.seeds": [0, 1],
     "train.batch_size": 16,
     "train.learning_rate": 0.02,
     "model.embedding_dim": 32,

@@ -120,9 +120,9 @@ def run_training(project: Path, cache: str) -> subprocess.CompletedProcess:
 def trained(project: Path) -> tuple[dict, list[np.ndarray]]:
     import keras
 
-    metrics = artifacts.read_json(project / artifacts.metrics_path("lstm"))
+    metrics = artifacts.read_json(project / artifacts.run_metrics_path("lstm", 0))
     metrics.pop("seconds_per_epoch")
-    return metrics, keras.models.load_model(project / artifacts.model_path("lstm")).get_weights()
+    return metrics, keras.models.load_model(project / artifacts.model_path("lstm", 0)).get_weights()
 
 
 def test_the_training_stage_gives_the_same_model_cold_warm_and_off(tmp_path: Path) -> None:
@@ -160,4 +160,4 @@ def test_the_training_stage_trains_without_a_usable_cache(tmp_path: Path) -> Non
     notices = [line for line in done.stderr.splitlines() if line.startswith("XLA compilation cache off: ")]
     assert len(notices) == 1 and "cannot create it" in notices[0]
     assert "saving cache entry" not in done.stderr
-    assert artifacts.read_json(project / artifacts.metrics_path("lstm"))["epochs"] == 1
+    assert artifacts.read_json(project / artifacts.run_metrics_path("lstm", 0))["epochs"] == 1

@@ -292,7 +292,7 @@ def write_project(root: Path) -> None:
     for cell in ("lstm", "gru"):
         seed_everything(99)
         model = build_model(cell, NUM_WORDS, MAXLEN, len(GROUPS), p.model)
-        path = root / artifacts.model_path(cell)
+        path = root / artifacts.model_path(cell, 0)
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)
 
@@ -374,10 +374,10 @@ def _run_main(cwd: Path) -> subprocess.CompletedProcess:
 
 def test_missing_model_fails_in_one_line_before_tensorflow(tmp_path):
     write_project(tmp_path)
-    (tmp_path / artifacts.model_path("gru")).unlink()
+    (tmp_path / artifacts.model_path("gru", 0)).unlink()
     done = _run_main(tmp_path)
     assert done.returncode == 2
-    assert done.stderr == "error: models/gru.keras: not found (run `dvc repro train_gru` first)\n"
+    assert done.stderr == "error: models/gru/seed0.keras: not found (run `dvc repro train_gru@0` first)\n"
     assert done.stdout.strip() == "no tf"
 
 

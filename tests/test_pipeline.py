@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,8 +48,8 @@ def test_data_stages_cache_and_rerun_only_what_changed(tmp_path, archive):
     assert np.load(tmp_path / "data/padded/train.npz")["x"].max() < 300
 
 
-HEADLINE_KEYS = {"cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"}
-CELL_KEYS = {"cell", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+HEADLINE_KEYS = ["cell", "seeds", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"]
+CELL_KEYS = {"cell", "seed", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
              "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"}
 
 
@@ -70,8 +71,12 @@ def clean(trained) -> Project:
     return trained
 
 
-def project_stages() -> list[str]:
-    return list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+def project_stages(seeds: Sequence[int] = SMALL_PARAMS["train.seeds"]) -> list[str]:
+    """dvc.yaml's stages, each training stage once per seed (its matrix)."""
+    names = []
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        names += [f"{name}@{seed}" for seed in seeds] if "matrix" in stage else [name]
+    return names
 
 
 def test_second_repro_runs_nothing(clean):
@@ -79,40 +84,53 @@ def test_second_repro_runs_nothing(clean):
 
 
 def test_metrics_hold_every_key_in_range(clean):
+    seeds = SMALL_PARAMS["train.seeds"]
     for cell in ("lstm", "gru"):
-        metrics = clean.json(f"metrics/{cell}.json")
-        assert set(metrics) == CELL_KEYS and metrics["cell"] == cell
-        assert metrics["epochs"] == SMALL_PARAMS["train.epochs"] and metrics["seconds_per_epoch"] > 0
-        assert metrics["trained_with"] in ("native", "xla")  # the fused trainer; native wherever a compiler is
-        for key in ("train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1"):
-            assert 0.0 <= metrics[key] <= 1.0, key
-        for key in ("train_loss", "val_loss", "test_loss"):
-            assert 0.0 < metrics[key] < 10.0, key
-        # The small archive puts group words first: a working model beats chance (0.05) by far.
-        assert metrics["test_accuracy"] > 0.5, metrics
-        live = clean.path / f"dvclive/{cell}/plots/metrics"  # the per-epoch history: step 0 is epoch 1
-        for series in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "train/seconds"):
-            assert list(pd.read_csv(live / f"{series}.tsv", sep="\t")["step"]) == [0, 1, 2, 3], series
-        assert (pd.read_csv(live / "train/seconds.tsv", sep="\t")["seconds"] > 0).all()
-        assert not (clean.path / f"plots/{cell}/history.csv").exists()
-        predictions = pd.read_csv(clean.path / f"plots/{cell}/predictions.csv")
-        assert len(predictions) == 100
-        assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(metrics["test_accuracy"])
+        for seed in seeds:
+            metrics = clean.json(f"metrics/{cell}/seed{seed}.json")
+            assert set(metrics) == CELL_KEYS and (metrics["cell"], metrics["seed"]) == (cell, seed)
+            assert metrics["epochs"] == SMALL_PARAMS["train.epochs"] and metrics["seconds_per_epoch"] > 0
+            assert metrics["trained_with"] in ("native", "xla")  # the fused trainer; native wherever a compiler is
+            for key in ("train_accuracy", "val_accuracy", "test_accuracy", "test_macro_f1"):
+                assert 0.0 <= metrics[key] <= 1.0, key
+            for key in ("train_loss", "val_loss", "test_loss"):
+                assert 0.0 < metrics[key] < 10.0, key
+            # The small archive puts group words first: a working model beats chance (0.05) by far.
+            assert metrics["test_accuracy"] > 0.5, metrics
+            live = clean.path / f"dvclive/{cell}/seed{seed}/plots/metrics"  # the per-epoch history: step 0 is epoch 1
+            for series in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "train/seconds"):
+                assert list(pd.read_csv(live / f"{series}.tsv", sep="\t")["step"]) == [0, 1, 2, 3], series
+            predictions = pd.read_csv(clean.path / f"plots/{cell}/seed{seed}/predictions.csv")
+            assert len(predictions) == 100
+            assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(metrics["test_accuracy"])
+        # seeds draw different weights, batches and dropout: their runs differ
+        assert clean.json(f"metrics/{cell}/seed0.json") != clean.json(f"metrics/{cell}/seed1.json")
     report = clean.json("metrics/report.json")
-    assert set(report) == HEADLINE_KEYS
-    lstm = clean.json("metrics/lstm.json")
-    assert {key: report[key] for key in HEADLINE_KEYS} == {key: lstm[key] for key in HEADLINE_KEYS}
+    assert list(report)[:len(HEADLINE_KEYS)] == HEADLINE_KEYS and report["seeds"] == len(seeds)
+    lstm = [clean.json(f"metrics/lstm/seed{seed}.json") for seed in seeds]
+    assert report["test_accuracy"] == pytest.approx(np.mean([run["test_accuracy"] for run in lstm]), abs=1e-6)
+    assert report["per_seed"]["lstm"]["test_accuracy"] == {str(run["seed"]): run["test_accuracy"] for run in lstm}
+
+
+def test_adding_a_seed_trains_only_that_seed(clean):
+    clean.set_params(**{"train.seeds": [0, 1, 2]})
+    assert clean.repro() == {"train_lstm@2", "train_gru@2", "report"}
+    assert clean.json("metrics/report.json")["seeds"] == 3
+    # an experiment back to two seeds finds every run in the cache
+    ran = stages_run(clean.dvc("exp", "run", "-S", "train.seeds=[0,1]").stdout)
+    assert ran <= {"report"}
 
 
 def test_switching_cell_reruns_only_report_and_shows_in_diffs(clean):
     result = clean.dvc("exp", "run", "-S", "cell=gru")
     assert stages_run(result.stdout) == {"report"}
-    gru = clean.json("metrics/gru.json")
+    gru = clean.json("metrics/gru/seed0.json")
     assert clean.json("metrics/report.json")["params"] == gru["params"]
 
     diff = json.loads(clean.dvc("metrics", "diff", "--json").stdout)
     params_change = diff["metrics/report.json"]["params"]
-    assert (params_change["old"], params_change["new"]) == (clean.json("metrics/lstm.json")["params"], gru["params"])
+    assert (params_change["old"], params_change["new"]) == (clean.json("metrics/lstm/seed0.json")["params"],
+                                                            gru["params"])
 
     shown = json.dumps(json.loads(clean.dvc("exp", "show", "--json").stdout))
     assert '"cell": "gru"' in shown and '"cell": "lstm"' in shown
@@ -121,15 +139,16 @@ def test_switching_cell_reruns_only_report_and_shows_in_diffs(clean):
 def test_more_epochs_rerun_training_and_report_but_not_data(clean):
     ran = stages_run(clean.dvc("exp", "run", "-S", "train.epochs=2").stdout)
     assert ran & set(DATA_STAGES) == set()
-    assert {"train_lstm", "train_gru", "report"} <= ran
-    assert clean.json("metrics/lstm.json")["epochs"] == 2
+    assert {"train_lstm@0", "train_lstm@1", "train_gru@0", "train_gru@1", "report"} <= ran
+    assert clean.json("metrics/lstm/seed1.json")["epochs"] == 2
 
 
 def test_same_params_give_the_same_metrics(clean):
-    before = {cell: clean.json(f"metrics/{cell}.json") for cell in ("lstm", "gru")}
-    assert {"train_lstm", "train_gru"} <= clean.repro("--force", "train_lstm", "train_gru")
-    for cell, metrics in before.items():
-        again = clean.json(f"metrics/{cell}.json")
+    files = [f"metrics/{cell}/seed{seed}.json" for cell in ("lstm", "gru") for seed in SMALL_PARAMS["train.seeds"]]
+    before = {file: clean.json(file) for file in files}
+    assert {"train_lstm@0", "train_gru@1"} <= clean.repro("--force", "train_lstm", "train_gru")
+    for file, metrics in before.items():
+        again = clean.json(file)
         metrics.pop("seconds_per_epoch"), again.pop("seconds_per_epoch")
         assert again == metrics
 
@@ -139,7 +158,7 @@ def test_plots_show_renders_html(clean, tmp_path):
     html = (tmp_path / "plots" / "index.html").read_text()
     for title in ("Accuracy per epoch", "Loss per epoch", "Confusion matrix, LSTM"):
         assert title in html
-    assert "lstm/plots/metrics/eval/accuracy.tsv" in html  # the data itself is embedded, not only the titles
+    assert "lstm/seed0/plots/metrics/eval/accuracy.tsv" in html  # the data itself is embedded, not only the titles
 
 
 def test_gate_fails_when_a_change_really_hurts_the_model(clean):
@@ -150,4 +169,5 @@ def test_gate_fails_when_a_change_really_hurts_the_model(clean):
     assert "pad" in clean.repro()
     failed = clean.run(*gate, check=False)
     assert failed.returncode == 1, failed.stdout
-    assert re.search(r"metrics/report\.json\s+test_accuracy\b.*(REGRESSION|BELOW FLOOR)", failed.stdout), failed.stdout
+    assert re.search(r"metrics/report\.json\s+per_seed\.lstm\.test_accuracy\.\*.*(REGRESSION|BELOW FLOOR)",
+                     failed.stdout), failed.stdout

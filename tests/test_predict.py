@@ -142,7 +142,7 @@ def test_model_records_the_vocabulary_fingerprint(project: Path) -> None:
     fingerprint = Vocabulary.from_json(artifacts.VOCAB.read_text(encoding="utf-8")).sha256()
     assert str(artifacts.read_npz(artifacts.tokens_path("train"))["vocabulary_sha256"]) == fingerprint
     assert str(artifacts.read_npz(artifacts.padded_path("train"))["vocabulary_sha256"]) == fingerprint
-    facts = predict.read_model_facts(artifacts.model_path("lstm"), "lstm")
+    facts = predict.read_model_facts(artifacts.model_path("lstm", 0), "lstm")
     assert facts == predict.ModelFacts(num_words=NUM_WORDS, maxlen=MAXLEN, n_classes=3, vocabulary_sha256=fingerprint)
 
 
@@ -230,7 +230,7 @@ def test_cell_option_overrides_params(project: Path, capsys) -> None:
         predict.main(["--cell", "gru", "some text"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == \
-        "error: models/gru.keras: not found: no trained model yet (run `dvc repro train_gru`)\n"
+        "error: models/gru/seed0.keras: not found: no trained model yet (run `dvc repro train_gru`)\n"
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -269,9 +269,9 @@ def test_terminal_without_input_is_refused(project: Path, capsys, monkeypatch) -
 
 
 def test_missing_artifacts(scratch: Path, capsys) -> None:
-    artifacts.model_path("lstm").unlink()
+    artifacts.model_path("lstm", 0).unlink()
     assert one_line_error(capsys, ["text"]) == \
-        "error: models/lstm.keras: not found: no trained model yet (run `dvc repro train_lstm`)\n"
+        "error: models/lstm/seed0.keras: not found: no trained model yet (run `dvc repro train_lstm`)\n"
     artifacts.VOCAB.unlink()
     assert one_line_error(capsys, ["text"]) == \
         "error: data/tokens/vocab.json: not found: no vocabulary yet (run `dvc repro tokenize`)\n"
@@ -295,12 +295,12 @@ def test_another_vocabulary_is_refused(scratch: Path, capsys) -> None:
                          filters=vocabulary.filters, document_count=vocabulary.document_count)
     artifacts.write_text(artifacts.VOCAB, swapped.to_json())
     err = one_line_error(capsys, ["text"])
-    assert err.startswith("error: models/lstm.keras: trained with another vocabulary than data/tokens/vocab.json")
+    assert err.startswith("error: models/lstm/seed0.keras: trained with another vocabulary than data/tokens/vocab.json")
     assert err.rstrip().endswith("retrain it: `dvc repro train_lstm`")
 
 
 def test_a_model_without_fingerprint_is_checked_by_its_sizes(project: Path) -> None:
-    facts = predict.read_model_facts(artifacts.model_path("lstm"), "lstm")
+    facts = predict.read_model_facts(artifacts.model_path("lstm", 0), "lstm")
     unstamped = predict.ModelFacts(facts.num_words, facts.maxlen, facts.n_classes, vocabulary_sha256=None)
     vocabulary = Vocabulary(words=("other",), counts=(1,))
     predict.check_model(unstamped, Path("m.keras"), "lstm", vocabulary=vocabulary, num_words=NUM_WORDS,
@@ -311,8 +311,8 @@ def test_a_model_without_fingerprint_is_checked_by_its_sizes(project: Path) -> N
 
 
 def test_a_file_that_is_not_a_model(scratch: Path, capsys) -> None:
-    artifacts.model_path("lstm").write_text("not a zip")
-    assert "models/lstm.keras: not a readable Keras model" in one_line_error(capsys, ["text"])
+    artifacts.model_path("lstm", 0).write_text("not a zip")
+    assert "models/lstm/seed0.keras: not a readable Keras model" in one_line_error(capsys, ["text"])
 
 
 # --- the command as a process -------------------------------------------------------------
@@ -331,7 +331,7 @@ def test_errors_come_before_tensorflow(scratch: Path) -> None:
     result = run_module("text", cwd=scratch)
     assert result.returncode == 2
     error, imported = result.stderr.splitlines()
-    assert error.startswith("error: models/lstm.keras: its embedding has") and imported == "False"
+    assert error.startswith("error: models/lstm/seed0.keras: its embedding has") and imported == "False"
 
 
 def test_module_entry_point_prints_json_lines(built: Path, predictor: predict.Predictor) -> None:
@@ -347,3 +347,10 @@ def test_module_entry_point_prints_json_lines(built: Path, predictor: predict.Pr
 def test_importing_the_module_does_not_import_tensorflow() -> None:
     code = "import sys, lstm_vs_gru.cli.predict; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_seed_option_picks_another_run(scratch: Path, capsys) -> None:
+    write_params(scratch, train={"seeds": [0, 4]})
+    assert one_line_error(capsys, ["--seed", "4", "text"]) == \
+        "error: models/lstm/seed4.keras: not found: no trained model yet (run `dvc repro train_lstm`)\n"
+    assert "--seed 5: not one of train.seeds [0, 4]" in one_line_error(capsys, ["--seed", "5", "text"])

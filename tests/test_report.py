@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats as scipy_stats
 from sklearn.metrics import confusion_matrix, f1_score
 
 from lstm_vs_gru import artifacts
@@ -32,6 +33,9 @@ GROUPS = sorted([
     "sci.crypt", "sci.electronics", "sci.med", "sci.space", "soc.religion.christian", "talk.politics.guns",
     "talk.politics.mideast", "talk.politics.misc", "talk.religion.misc",
 ])
+SEEDS = (0, 1, 2)
+# Each seed's accuracy scores move by these (their mean is 0, so the means are FAKE_METRICS' figures).
+SEED_SHIFTS = {0: 0.0, 1: -0.01, 2: 0.01}
 FAKE_METRICS = {
     "lstm": {"cell": "lstm", "params": 2_599_370, "epochs": 2, "seconds_per_epoch": 41.25,
              "train_loss": 1.8123, "train_accuracy": 0.4231, "val_loss": 1.5012, "val_accuracy": 0.5187,
@@ -54,11 +58,18 @@ def fake_history(metrics: dict) -> pd.DataFrame:
     })
 
 
-def write_dvclive_history(root: Path, cell: str, history: pd.DataFrame) -> None:
+def seed_metrics(cell: str, seed: int, shift: float | None = None) -> dict:
+    """FAKE_METRICS of a cell as one seed's run: accuracy scores moved by SEED_SHIFTS[seed] (or `shift`)."""
+    moved = SEED_SHIFTS[seed] if shift is None else shift
+    return {**FAKE_METRICS[cell], "seed": seed, "trained_with": "native",
+            **{key: round(FAKE_METRICS[cell][key] + moved, 6) for key in report.SEED_METRICS}}
+
+
+def write_dvclive_history(root: Path, cell: str, seed: int, history: pd.DataFrame) -> None:
     """`history` as DVCLive's Keras callback logs it: one TSV per series, a row per epoch from step 0."""
     for key in report.HISTORY_SERIES:
         if key in history:
-            path = root / report.history_path(cell, key)
+            path = root / report.history_path(cell, seed, key)
             path.parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame({"step": history["epoch"] - 1, path.stem: history[key]}).to_csv(path, sep="\t", index=False)
 
@@ -125,16 +136,20 @@ def write_fake_png(path: Path) -> None:
     figure.savefig(path, format="png", dpi=100, metadata={"Software": None})
 
 
-def write_fake_run(root: Path, cell_in_params: str = "lstm") -> None:
-    """The train and gradients stages' outputs, plus params.yaml, under `root`."""
-    for seed, cell in enumerate(artifacts.CELLS):
-        artifacts.write_json(root / artifacts.metrics_path(cell), FAKE_METRICS[cell])
-        write_dvclive_history(root, cell, fake_history(FAKE_METRICS[cell]))
-        artifacts.write_table(root / artifacts.predictions_path(cell), fake_predictions(seed))
+def write_fake_run(root: Path, cell_in_params: str = "lstm", shifts: dict | None = None) -> None:
+    """The train stages' outputs for every seed of SEEDS (`shifts`: {cell: {seed: shift}} instead of
+    SEED_SHIFTS) and the gradients stage's, plus params.yaml, under `root`."""
+    for number, cell in enumerate(artifacts.CELLS):
+        for seed in SEEDS:
+            metrics = seed_metrics(cell, seed, None if shifts is None else shifts[cell][seed])
+            artifacts.write_json(root / artifacts.run_metrics_path(cell, seed), metrics)
+            write_dvclive_history(root, cell, seed, fake_history(metrics))
+            artifacts.write_table(root / artifacts.predictions_path(cell, seed), fake_predictions(10 * seed + number))
     artifacts.write_json(root / artifacts.metrics_path("gradients"), fake_gradients())
     for name in ("gradient_flow", "exploding"):
         write_fake_png(root / artifacts.gradient_figure_path(name))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["train"]["seeds"] = list(SEEDS)
     (root / "params.yaml").write_text(yaml.safe_dump({**raw, "cell": cell_in_params}), encoding="utf-8")
 
 
@@ -146,7 +161,7 @@ def built(request, tmp_path_factory) -> tuple[str, Path]:
     write_fake_run(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        report_stage.write_report(cell)
+        report_stage.write_report(cell, SEEDS)
     return cell, root
 
 
@@ -167,13 +182,48 @@ def image_links(markdown: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
 
 
-def test_report_json_holds_exactly_the_selected_cells_figures(built):
+def test_report_json_holds_the_selected_cells_means_then_the_aggregates(built):
     cell, root = built
     written = json.loads((root / artifacts.REPORT_METRICS).read_text(encoding="utf-8"))
-    assert list(written) == ["cell", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"]
-    assert written == {key: FAKE_METRICS[cell][key] for key in written}
-    other = "gru" if cell == "lstm" else "lstm"
-    assert written["test_accuracy"] != FAKE_METRICS[other]["test_accuracy"]
+    assert list(written)[:7] == ["cell", "seeds", "test_accuracy", "test_macro_f1", "val_accuracy",
+                                 "seconds_per_epoch", "params"]
+    assert written["seeds"] == len(SEEDS)
+    assert {key: written[key] for key in list(written)[2:7]} == pytest.approx(
+        {key: FAKE_METRICS[cell][key] for key in list(written)[2:7]}, abs=1e-6)
+    assert list(written)[7:] == ["cells", "gru_minus_lstm", "verdict", "trained_with", "per_seed"]
+    assert written["trained_with"] == {"lstm": "native", "gru": "native"}
+
+
+def test_the_aggregates_equal_a_direct_computation_from_the_per_seed_metrics(built):
+    _, root = built
+    written = json.loads((root / artifacts.REPORT_METRICS).read_text(encoding="utf-8"))
+    per_seed = {cell: {key: [artifacts.read_json(root / artifacts.run_metrics_path(cell, seed))[key] for seed in SEEDS]
+                       for key in report.SEED_METRICS} for cell in artifacts.CELLS}
+    for key in report.SEED_METRICS:
+        for cell in artifacts.CELLS:
+            values = per_seed[cell][key]
+            low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=scipy_stats.sem(values))
+            assert written["cells"][cell][key] == pytest.approx(
+                {"n": 3, "mean": np.mean(values), "std": np.std(values, ddof=1), "ci_low": low, "ci_high": high},
+                abs=1e-6)
+            assert written["per_seed"][cell][key] == {str(seed): value for seed, value in zip(SEEDS, values)}
+        difference = np.subtract(per_seed["gru"][key], per_seed["lstm"][key])
+        assert written["gru_minus_lstm"][key]["mean"] == pytest.approx(difference.mean(), abs=1e-6)
+
+
+@pytest.mark.parametrize("shifts, verdict", [
+    # GRU ahead by 0.025 on every seed: the paired test finds it
+    ({"lstm": SEED_SHIFTS, "gru": SEED_SHIFTS}, "GRU better than LSTM in test accuracy by 0.025 ± 0.000"),
+    # the seeds disagree about which cell is ahead
+    ({"lstm": {0: 0.0, 1: 0.03, 2: -0.03}, "gru": {0: -0.05, 1: -0.02, 2: 0.0}},
+     "No difference in test accuracy detectable at this budget: GRU − LSTM = +0.002 ± "),
+])
+def test_the_verdict_follows_the_numbers(tmp_path, monkeypatch, shifts, verdict):
+    write_fake_run(tmp_path, shifts=shifts)
+    monkeypatch.chdir(tmp_path)
+    report_stage.write_report("lstm", SEEDS)
+    assert artifacts.read_json(artifacts.REPORT_METRICS)["verdict"].startswith(verdict)
+    assert f"**{verdict}" in artifacts.REPORT_MD.read_text(encoding="utf-8")
 
 
 def test_markdown_shows_both_cells_and_the_lab_reference(built):
@@ -203,7 +253,7 @@ def test_markdown_links_to_valid_pngs(built):
     _, root = built
     markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
     links = image_links(markdown)
-    assert sorted(links) == sorted(p.name for p in (report.LEARNING_CURVES, report.SECONDS_PER_EPOCH,
+    assert sorted(links) == sorted(p.name for p in (report.SEEDS_FIGURE, report.LEARNING_CURVES, report.SECONDS_PER_EPOCH,
                                                      report.CONFUSION_MATRIX, report.PER_GROUP_F1,
                                                      report.GRADIENT_FLOW, report.EXPLODING_GRADIENTS))
     for link in links:
@@ -220,7 +270,7 @@ def test_markdown_links_to_valid_pngs(built):
 
 def test_markdown_lists_per_group_scores_of_the_selected_cell(built):
     cell, root = built
-    predictions = pd.read_csv(root / artifacts.predictions_path(cell))
+    predictions = pd.read_csv(root / artifacts.predictions_path(cell, SEEDS[0]))
     markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
     f1 = f1_score(predictions.actual, predictions.predicted, labels=GROUPS, average=None)
     for group, score in zip(GROUPS, f1):
@@ -249,34 +299,35 @@ def test_top_confusions_are_the_largest_off_diagonal_counts():
 
 
 def test_report_is_byte_for_byte_reproducible(run_dir):
-    report_stage.write_report("gru")
+    report_stage.write_report("gru", SEEDS)
     first = {p: p.read_bytes() for p in [artifacts.REPORT_METRICS, *artifacts.REPORT_DIR.iterdir()]}
-    report_stage.write_report("gru")
+    report_stage.write_report("gru", SEEDS)
     assert {p: p.read_bytes() for p in [artifacts.REPORT_METRICS, *artifacts.REPORT_DIR.iterdir()]} == first
 
 
 def test_run_without_validation_figures_shows_dashes(run_dir):
-    metrics = {**FAKE_METRICS["lstm"], "val_loss": None, "val_accuracy": None}
-    artifacts.write_json(artifacts.metrics_path("lstm"), metrics)
-    for key in ("val_loss", "val_accuracy", "seconds"):
-        report.history_path("lstm", key).unlink()
-    report_stage.write_report("lstm")
+    for seed in SEEDS:
+        metrics = {**seed_metrics("lstm", seed), "val_loss": None, "val_accuracy": None}
+        artifacts.write_json(artifacts.run_metrics_path("lstm", seed), metrics)
+        for key in ("val_loss", "val_accuracy", "seconds"):
+            report.history_path("lstm", seed, key).unlink()
+    report_stage.write_report("lstm", SEEDS)
     assert artifacts.read_json(artifacts.REPORT_METRICS)["val_accuracy"] is None
     markdown = artifacts.REPORT_MD.read_text(encoding="utf-8")
     assert comparison_row(markdown, "Validation accuracy") == "| Validation accuracy | — | 0.5391 | 0.51 | 0.53 |"
 
 
 @pytest.mark.parametrize("missing, stage", [
-    (report.history_path("gru", "loss"), "train_gru"),
-    (artifacts.metrics_path("lstm"), "train_lstm"),
-    (artifacts.predictions_path("gru"), "train_gru"),
+    (report.history_path("gru", 1, "loss"), "train_gru@1"),
+    (artifacts.run_metrics_path("lstm", 2), "train_lstm@2"),
+    (artifacts.predictions_path("gru", 0), "train_gru@0"),
     (artifacts.metrics_path("gradients"), "gradients"),
     (artifacts.gradient_figure_path("exploding"), "gradients"),
 ])
 def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
     missing.unlink()
     with pytest.raises(UserError) as error:
-        report_stage.write_report("gru")
+        report_stage.write_report("gru", SEEDS)
     message = str(error.value)
     assert "\n" not in message
     assert str(missing) in message and f"dvc repro {stage}" in message
@@ -284,31 +335,32 @@ def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
 
 
 def test_missing_predictions_of_the_other_cell_is_fine(run_dir):
-    artifacts.predictions_path("gru").unlink()
-    report_stage.write_report("lstm")
+    artifacts.predictions_path("gru", 0).unlink()
+    report_stage.write_report("lstm", SEEDS)
     assert artifacts.read_json(artifacts.REPORT_METRICS)["cell"] == "lstm"
 
 
 @pytest.mark.parametrize("content, expected", [
     ("{not json", "not readable JSON"),
-    (json.dumps({k: v for k, v in FAKE_METRICS["gru"].items() if k != "test_macro_f1"}), "missing keys test_macro_f1"),
-    (json.dumps({**FAKE_METRICS["gru"], "test_accuracy": "high"}), "test_accuracy = 'high' is not a number"),
-    (json.dumps({**FAKE_METRICS["gru"], "cell": "lstm"}), "expected 'gru'"),
+    (json.dumps({k: v for k, v in seed_metrics("gru", 1).items() if k != "test_macro_f1"}), "missing keys test_macro_f1"),
+    (json.dumps({**seed_metrics("gru", 1), "test_accuracy": "high"}), "test_accuracy = 'high' is not a number"),
+    (json.dumps({**seed_metrics("gru", 1), "cell": "lstm"}), "expected 'gru' and 1"),
+    (json.dumps(seed_metrics("gru", 2)), "seed 2, expected 'gru' and 1"),
 ])
 def test_corrupt_metrics_is_a_one_line_user_error(run_dir, content, expected):
-    artifacts.metrics_path("gru").write_text(content, encoding="utf-8")
+    artifacts.run_metrics_path("gru", 1).write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(expected)) as error:
-        report_stage.write_report("lstm")
-    assert "\n" not in str(error.value) and "dvc repro train_gru" in str(error.value)
+        report_stage.write_report("lstm", SEEDS)
+    assert "\n" not in str(error.value) and "dvc repro train_gru@1" in str(error.value)
 
 
 def test_history_is_dvclives_rounded_as_the_metrics(run_dir):
     # a real run's values: DVCLive keeps every digit, metrics/lstm.json and the report 6 (seconds 3)
-    report.history_path("lstm", "val_accuracy").write_text("step\taccuracy\n0\t0.22703180212014135\n"
+    report.history_path("lstm", 0, "val_accuracy").write_text("step\taccuracy\n0\t0.22703180212014135\n"
                                                            "1\t0.4876325088339223\n", encoding="utf-8")
-    report.history_path("lstm", "seconds").write_text("step\tseconds\n0\t3.6617968609989475\n1\t2.0554723580007703\n",
+    report.history_path("lstm", 0, "seconds").write_text("step\tseconds\n0\t3.6617968609989475\n1\t2.0554723580007703\n",
                                                       encoding="utf-8")
-    history = report.read_history("lstm")
+    history = report.read_history("lstm", 0)
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
     assert history["epoch"].tolist() == [1, 2]
     assert history["val_accuracy"].tolist() == [0.227032, 0.487633]
@@ -320,19 +372,19 @@ def test_history_is_dvclives_rounded_as_the_metrics(run_dir):
     ("step\tloss\n0\thigh\n1\t1.7\n", "column loss is not numeric"),
     ("step\tvalue\n0\t2.5\n1\t1.7\n", "missing columns loss"),
     ("step\tloss\n", "has no rows"),
-    ("step\tloss\n0\t2.5\n", "train/accuracy.tsv: 2 epochs, dvclive/gru/plots/metrics/train/loss.tsv has 1"),
+    ("step\tloss\n0\t2.5\n", "train/accuracy.tsv: 2 epochs, dvclive/gru/seed2/plots/metrics/train/loss.tsv has 1"),
 ])
 def test_corrupt_history_is_a_one_line_user_error(run_dir, content, expected):
-    report.history_path("gru", "loss").write_text(content, encoding="utf-8")
+    report.history_path("gru", 2, "loss").write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match=re.escape(expected)) as error:
-        report_stage.write_report("lstm")
-    assert "\n" not in str(error.value) and "dvc repro train_gru" in str(error.value)
+        report_stage.write_report("lstm", SEEDS)
+    assert "\n" not in str(error.value) and "dvc repro train_gru@2" in str(error.value)
 
 
 def test_predictions_without_a_column_is_a_user_error(run_dir):
-    artifacts.write_table(artifacts.predictions_path("lstm"), pd.DataFrame({"actual": GROUPS}))
+    artifacts.write_table(artifacts.predictions_path("lstm", 0), pd.DataFrame({"actual": GROUPS}))
     with pytest.raises(UserError, match="missing columns predicted"):
-        report_stage.write_report("lstm")
+        report_stage.write_report("lstm", SEEDS)
 
 
 def _run_main(cwd: Path) -> subprocess.CompletedProcess:
@@ -346,10 +398,10 @@ def test_main_reads_cell_from_params_and_exits_2_on_missing_input(tmp_path):
     done = _run_main(tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / artifacts.REPORT_METRICS).read_text())["cell"] == "gru"
-    (tmp_path / artifacts.metrics_path("lstm")).unlink()
+    (tmp_path / artifacts.run_metrics_path("lstm", 1)).unlink()
     failed = _run_main(tmp_path)
     assert failed.returncode == 2
-    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("error: missing metrics/lstm.json")
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("error: missing metrics/lstm/seed1.json")
 
 
 def test_importing_the_stage_does_not_import_tensorflow():
@@ -442,5 +494,5 @@ def test_corrupt_gradients_metrics_is_a_one_line_user_error(run_dir):
     artifacts.write_json(artifacts.metrics_path("gradients"), {k: v for k, v in fake_gradients().items()
                                                               if k != "clipping"})
     with pytest.raises(UserError, match=re.escape("missing keys clipping")) as error:
-        report_stage.write_report("lstm")
+        report_stage.write_report("lstm", SEEDS)
     assert "\n" not in str(error.value) and "dvc repro gradients" in str(error.value)

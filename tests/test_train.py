@@ -27,7 +27,7 @@ from lstm_vs_gru.params import load
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = np.array(["alt.atheism", "comp.graphics", "sci.space"])
 NUM_WORDS, MAXLEN, N_TRAIN, N_TEST = 50, 10, 60, 24
-METRIC_KEYS = ["cell", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+METRIC_KEYS = ["cell", "seed", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
                "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"]
 
 
@@ -60,7 +60,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def outputs(cell: str) -> list[Path]:
-    return [artifacts.model_path(cell), artifacts.metrics_path(cell), artifacts.predictions_path(cell)]
+    return [artifacts.model_path(cell, 0), artifacts.run_metrics_path(cell, 0), artifacts.predictions_path(cell, 0)]
 
 
 @pytest.mark.parametrize("trainer", ["fused", "keras"])
@@ -72,7 +72,7 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
     train_stage.main([cell])
     params = load()
 
-    metrics = artifacts.read_json(artifacts.metrics_path(cell))
+    metrics = artifacts.read_json(artifacts.run_metrics_path(cell, 0))
     assert list(metrics) == METRIC_KEYS
     assert metrics["cell"] == cell and metrics["epochs"] == 1
     # the suite requires the native ops where a compiler is (tests/conftest.py)
@@ -87,7 +87,7 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
         assert 0.5 < metrics[key] < 2.0, key
 
     # the history is DVCLive's, as the report reads it: the figures the metrics summarise, to the digit
-    history = report.read_history(cell)
+    history = report.read_history(cell, 0)
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
     assert history["epoch"].tolist() == [1]
     last = history.iloc[-1]
@@ -95,19 +95,19 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
         metrics["train_loss"], metrics["train_accuracy"], metrics["val_loss"], metrics["val_accuracy"],
         metrics["seconds_per_epoch"])
 
-    predictions = pd.read_csv(artifacts.predictions_path(cell))
+    predictions = pd.read_csv(artifacts.predictions_path(cell, 0))
     assert list(predictions.columns) == ["actual", "predicted"] and len(predictions) == N_TEST
     assert set(predictions["actual"]) | set(predictions["predicted"]) <= set(GROUPS)
     test = artifacts.read_npz(artifacts.padded_path("test"))
     assert predictions["actual"].tolist() == GROUPS[test["y"]].tolist()
     assert (predictions["actual"] == predictions["predicted"]).mean() == pytest.approx(metrics["test_accuracy"], abs=1e-6)
 
-    model = keras.models.load_model(artifacts.model_path(cell))
+    model = keras.models.load_model(artifacts.model_path(cell, 0))
     reloaded = GROUPS[model.predict(test["x"], verbose=0).argmax(axis=1)]
     assert reloaded.tolist() == predictions["predicted"].tolist()
 
     # DVCLive logged every epoch, seconds included, at the same steps as the loss
-    live = artifacts.dvclive_dir(cell) / "plots" / "metrics"
+    live = artifacts.dvclive_dir(cell, 0) / "plots" / "metrics"
     seconds = pd.read_csv(live / "train" / "seconds.tsv", sep="\t")
     loss = pd.read_csv(live / "train" / "loss.tsv", sep="\t")
     assert seconds["step"].tolist() == loss["step"].tolist() == [0]
@@ -124,9 +124,9 @@ def test_same_params_give_identical_metrics(tmp_path: Path, monkeypatch: pytest.
         write_padded(directory)
         monkeypatch.chdir(directory)
         train_stage.main(["gru"])
-        metrics = artifacts.read_json(artifacts.metrics_path("gru"))
-        history = report.read_history("gru").drop(columns="seconds")
-        runs.append((metrics, history, artifacts.predictions_path("gru").read_text()))
+        metrics = artifacts.read_json(artifacts.run_metrics_path("gru", 0))
+        history = report.read_history("gru", 0).drop(columns="seconds")
+        runs.append((metrics, history, artifacts.predictions_path("gru", 0).read_text()))
     (first, first_history, first_predictions), (second, second_history, second_predictions) = runs
     first.pop("seconds_per_epoch"), second.pop("seconds_per_epoch")  # wall time is the one thing allowed to differ
     assert first == second
@@ -139,7 +139,7 @@ def test_lazy_adam_reaches_the_fused_trainer(project: Path) -> None:
     for lazy in (False, True):
         write_params(project, train={"epochs": 2, "lazy_adam": lazy})
         train_stage.main(["lstm"])
-        history = report.read_history("lstm")
+        history = report.read_history("lstm", 0)
         losses[lazy] = history["loss"].tolist()
     # the first step starts from m = v = 0, where both update alike; later steps differ on the rows a batch lacks
     assert losses[True] != losses[False] and np.allclose(losses[True], losses[False], rtol=0.05)
@@ -164,7 +164,7 @@ def test_failure_while_saving_leaves_no_model(project: Path, monkeypatch: pytest
     with pytest.raises(OSError, match="disk full"):
         train_stage.main(["lstm"])
     # the model was renamed into place, but metrics (written last) never appeared
-    assert not artifacts.metrics_path("lstm").exists()
+    assert not artifacts.run_metrics_path("lstm", 0).exists()
     assert not list((project / "models").glob(".*")), "temporary model file left behind"
 
 
@@ -199,10 +199,27 @@ def test_bad_params_fail_in_one_line_before_tensorflow(project: Path) -> None:
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("argv", [[], ["lstm", "gru"]])
+@pytest.mark.parametrize("argv", [[], ["lstm", "gru"], ["lstm", "--seed", "x"]])
 def test_bad_command_line_is_a_user_error(argv: list[str]) -> None:
     with pytest.raises(UserError, match="python -m stages.train"):
-        train_stage.parse_cell(argv)
+        train_stage.parse_args(argv)
+
+
+def test_a_seed_outside_train_seeds_is_refused_before_training(project: Path) -> None:
+    write_params(project, train={"seeds": [0, 1]})
+    with pytest.raises(UserError, match=r"--seed 9: not one of train.seeds \[0, 1\]"):
+        train_stage.for_seed(load(), 9)
+
+
+def test_each_seed_trains_into_its_own_files(project: Path) -> None:
+    write_params(project, train={"seeds": [0, 3]})
+    train_stage.main(["gru", "--seed", "3"])
+    metrics = artifacts.read_json(artifacts.run_metrics_path("gru", 3))
+    assert metrics["seed"] == 3 and artifacts.model_path("gru", 3).is_file()
+    assert not artifacts.run_metrics_path("gru", 0).exists()
+    train_stage.main(["gru"])  # the first of train.seeds
+    assert artifacts.read_json(artifacts.run_metrics_path("gru", 0))["seed"] == 0
+    assert artifacts.read_json(artifacts.run_metrics_path("gru", 0)) != metrics
 
 
 def test_missing_padded_arrays(project: Path) -> None:
@@ -244,9 +261,9 @@ def test_summarize_takes_the_last_epoch_and_mean_seconds() -> None:
     rows = training.history_rows({"loss": [2.0, 1.0], "accuracy": [0.1, 0.2], "val_loss": [2.5, 1.5],
                                "val_accuracy": [0.3, 0.4], "seconds": [10.0, 20.0]})
     scores = {"test_loss": 1.23456789, "test_accuracy": 0.5, "test_macro_f1": 0.4}
-    metrics = training.summarize("gru", 123, rows, scores, "xla")
+    metrics = training.summarize("gru", 0, 123, rows, scores, "xla")
     assert list(metrics) == METRIC_KEYS
-    assert metrics == {"cell": "gru", "params": 123, "epochs": 2, "trained_with": "xla", "seconds_per_epoch": 15.0, "train_loss": 1.0,
+    assert metrics == {"cell": "gru", "seed": 0, "params": 123, "epochs": 2, "trained_with": "xla", "seconds_per_epoch": 15.0, "train_loss": 1.0,
                        "train_accuracy": 0.2, "val_loss": 1.5, "val_accuracy": 0.4, "test_loss": 1.234568,
                        "test_accuracy": 0.5, "test_macro_f1": 0.4}
     json.dumps(metrics, allow_nan=False)
@@ -279,17 +296,16 @@ def test_a_bad_native_mode_fails_before_training(project: Path, monkeypatch: pyt
     with pytest.raises(SystemExit) as exit_info:
         train_stage.main(["lstm"])
     assert exit_info.value.code == 2 and "LSTM_VS_GRU_NATIVE='sometimes'" in capsys.readouterr().err
-    assert not artifacts.metrics_path("lstm").exists()
+    assert not artifacts.run_metrics_path("lstm", 0).exists()
 
 
-def test_without_the_fused_package_training_uses_keras(project: Path, tmp_path: Path) -> None:
-    """lstm_vs_gru/fused is the one optional part: a copy of the project without it trains with model.fit,
-    says so in one line, and records the path."""
-    copy = tmp_path / "without_fused"
-    shutil.copytree(ROOT / "lstm_vs_gru", copy / "lstm_vs_gru", ignore=shutil.ignore_patterns("fused", "__pycache__"))
-    shutil.copytree(ROOT / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    done = subprocess.run([sys.executable, "-m", "stages.train", "lstm"], cwd=project, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(copy)})
+def test_without_the_fused_package_training_uses_keras(project: Path) -> None:
+    """lstm_vs_gru/fused is the one optional part: where it cannot be imported (here made unimportable, as a
+    deleted folder would be), training uses model.fit, says so in one line, and records the path."""
+    code = ("import sys\nsys.modules['lstm_vs_gru.fused'] = None  # import lstm_vs_gru.fused: ImportError\n"
+            "from stages import train\ntrain.main(['lstm'])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "lstm_vs_gru.fused is not installed: training with Keras's model.fit instead of the fused trainer" in done.stderr
-    assert artifacts.read_json(project / artifacts.metrics_path("lstm"))["trained_with"] == "keras"
+    assert artifacts.read_json(project / artifacts.run_metrics_path("lstm", 0))["trained_with"] == "keras"

@@ -29,8 +29,15 @@ Rules (`gate.yaml`) map each metrics file to its metric keys (nested keys joined
 * `min`, `max`: absolute floor / ceiling on the current value (BELOW FLOOR / ABOVE CEILING).
 * `gate: false`: report-only; the value must still exist and must not be NaN.
 
+A key ending in `.*` names one value per seed (`per_seed.lstm.test_accuracy.*` matches
+`per_seed.lstm.test_accuracy.0`, `...1`, ...) and is judged over the seeds, against their noise:
+* `alpha` (default 0.05): a REGRESSION needs a one-sided paired t-test, seed against the same seed,
+  to find the current values worse with p < alpha, and the mean to move the bad way beyond the
+  tolerance; a change the seeds' spread explains passes, whatever its size.
+* `min` / `max` apply to the mean; a seed of the baseline missing from the current run is MISSING SEED.
+
 Verdicts: ok, report-only, new (baseline lacks it; only with --allow-new), REGRESSION,
-MISSING (file or key), UNREADABLE, NaN (NaN or infinite), NOT NUMERIC, BELOW FLOOR,
+MISSING (file or key), MISSING SEED, UNREADABLE, NaN (NaN or infinite), NOT NUMERIC, BELOW FLOOR,
 ABOVE CEILING. Exit status: 0 all hold, 1 any failing verdict, 2 bad rules file, bad
 arguments, unknown revision or an unreadable --baseline file (one line, `error: ...`).
 """
@@ -53,11 +60,13 @@ from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
 RULES = Path("gate.yaml")
 SCRIPT = "lstm-vs-gru-gate"
 DIRECTIONS = ("higher", "lower", "equal")
-RULE_FIELDS = ("better", "abs_tol", "rel_tol", "min", "max", "gate")
+RULE_FIELDS = ("better", "abs_tol", "rel_tol", "min", "max", "gate", "alpha")
+SEEDS_SUFFIX = ".*"
 
 OK, REPORT_ONLY, NEW = "ok", "report-only", "new"
 REGRESSION, MISSING, UNREADABLE = "REGRESSION", "MISSING", "UNREADABLE"
 NAN, NOT_NUMERIC, BELOW_FLOOR, ABOVE_CEILING = "NaN", "NOT NUMERIC", "BELOW FLOOR", "ABOVE CEILING"
+MISSING_SEED = "MISSING SEED"
 PASSING = frozenset({OK, REPORT_ONLY, NEW})
 
 
@@ -76,6 +85,11 @@ class Rule:
     min: float | None = None
     max: float | None = None
     gate: bool = True
+    alpha: float = 0.05
+
+    @property
+    def over_seeds(self) -> bool:
+        return self.key.endswith(SEEDS_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,14 @@ def parse_rule(file: str, key: str, raw: Any) -> Rule:
         values["gate"] = raw["gate"]
     if values.get("min", -math.inf) > values.get("max", math.inf):
         raise ValueError(f"min = {values['min']:g} is above max = {values['max']:g}")
+    if "alpha" in raw:
+        if not key.endswith(SEEDS_SUFFIX):
+            raise ValueError(f"alpha: only for a key over seeds (ending in {SEEDS_SUFFIX})")
+        if not (is_number(raw["alpha"]) and 0 < raw["alpha"] < 1):
+            raise ValueError(f"alpha = {raw['alpha']!r}: must be a number between 0 and 1")
+        values["alpha"] = float(raw["alpha"])
+    if key.endswith(SEEDS_SUFFIX) and values["better"] == "equal":
+        raise ValueError("better = 'equal': a key over seeds must be higher or lower")
     return Rule(file=file, key=key, **values)
 
 
@@ -443,8 +465,66 @@ def describe_tolerance(rule: Rule, baseline: Any) -> str:
     return ", ".join(parts)
 
 
+def _seed_values(metrics: FileMetrics, file: str, key: str) -> dict[str, Any] | Absent:
+    """{seed: value} of a key over seeds, or Absent."""
+    if isinstance(metrics, Absent):
+        return metrics
+    prefix = key[:-1]
+    found = {name[len(prefix):]: value for name, value in metrics.items() if name.startswith(prefix)}
+    return found or Absent(MISSING, f"{file}: no key {key!r}")
+
+
+def seeds_verdict(rule: Rule, baseline: dict[str, Any] | Absent, current: dict[str, Any] | Absent,
+                  allow_new: bool = False) -> tuple[str, str]:
+    """Judge a key over seeds (see the module's docstring): the verdict and a note (the test's p-value)."""
+    from lstm_vs_gru.stats import drop_p_value
+
+    if isinstance(current, Absent):
+        return current.verdict, ""
+    if any(_is_nan(value) for value in current.values()):
+        return NAN, ""
+    if not all(is_number(value) for value in current.values()):
+        return NOT_NUMERIC, ""
+    mean = _mean(current)
+    if isinstance(baseline, Absent):
+        return verdict(rule, baseline, mean, allow_new), ""
+    alone = verdict(rule, Absent(MISSING, ""), mean, allow_new=True)  # report-only, floor and ceiling
+    if alone != NEW:
+        return alone, ""
+    if not all(is_number(value) and not _is_nan(value) for value in baseline.values()):
+        return NOT_NUMERIC, "in the baseline"
+    missing = [seed for seed in baseline if seed not in current]
+    if missing:
+        return MISSING_SEED, f"seed {', '.join(missing)} not in the current run"
+    seeds = list(baseline)
+    p_value = drop_p_value([baseline[s] for s in seeds], [current[s] for s in seeds], rule.better)
+    beyond = is_regression(rule, _mean(baseline), _mean(current))
+    note = f"p = {p_value:.3g} over {len(seeds)} seeds"
+    return (REGRESSION if beyond and p_value < rule.alpha else OK), note
+
+
+def _mean(values: dict[str, Any]) -> float:
+    return float(sum(values.values()) / len(values))
+
+
+def check_over_seeds(rule: Rule, baseline: Snapshot, current: Snapshot, allow_new: bool = False) -> Row:
+    """The table row for a key over seeds: the means, and the verdict of seeds_verdict."""
+    old = _seed_values(baseline.get(rule.file, Absent(MISSING, f"{rule.file}: not in the baseline")), rule.file,
+                       rule.key)
+    new = _seed_values(current.get(rule.file, Absent(MISSING, f"{rule.file}: no such file")), rule.file, rule.key)
+    judged, note = seeds_verdict(rule, old, new, allow_new)
+    old_mean, new_mean = (value if isinstance(value, Absent) else _mean(value) for value in (old, new))
+    notes = [note] * bool(note) + [f"{side} {value.reason}" for side, value in (("baseline", old), ("current", new))
+                                   if isinstance(value, Absent) and judged not in PASSING]
+    tolerance_text = describe_tolerance(rule, old_mean).replace(rule.better, f"{rule.better} (p < {rule.alpha:g})", 1)
+    return Row(rule.file, rule.key, old_mean, new_mean, describe_change(old_mean, new_mean), tolerance_text, judged,
+               "; ".join(notes))
+
+
 def check(rule: Rule, baseline: Snapshot, current: Snapshot, allow_new: bool = False) -> Row:
     """The table row for one rule."""
+    if rule.over_seeds:
+        return check_over_seeds(rule, baseline, current, allow_new)
     old = _value(baseline.get(rule.file, Absent(MISSING, f"{rule.file}: not in the baseline")), rule.file, rule.key)
     new = _value(current.get(rule.file, Absent(MISSING, f"{rule.file}: no such file")), rule.file, rule.key)
     judged = verdict(rule, old, new, allow_new)

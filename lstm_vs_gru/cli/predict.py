@@ -20,8 +20,10 @@ the ranking says nothing about the text.
 
 Preprocessing is the pipeline's own: the vocabulary the tokenize stage saved
 (data/tokens/vocab.json, with its lower/filters settings), `tokenize.num_words` and `pad.*`
-from params.yaml, the tokenizer module's `encode` and `pad`. The model is models/{cell}.keras
-(cell = params.yaml's `cell` unless `--cell`); group names come from data/padded/train.npz.
+from params.yaml, the tokenizer module's `encode` and `pad`. The model is models/{cell}/seed{N}.keras
+(cell = params.yaml's `cell` unless `--cell`; N = the first of `train.seeds` unless `--seed`: the reference
+run, whose models the gradients stage analyses too, rather than an average of the seeds' models, which would
+be an ensemble and not the model the report describes); group names come from data/padded/train.npz.
 Before TensorFlow is imported, the model file is checked against them: the vocabulary
 fingerprint recorded at training time (when the model has one), the embedding size against
 `tokenize.num_words`, the input length against `pad.maxlen`, the output size against the groups.
@@ -135,26 +137,30 @@ def classify(predictor: Predictor, texts: Sequence[str], top_k: int = DEFAULT_TO
 
 
 def predict(texts: Sequence[str], cell: str | None = None, top_k: int = DEFAULT_TOP_K,
-            root: str | os.PathLike = ".") -> list[list[tuple[str, float]]]:
-    """Load the model of `cell` (params.yaml's `cell` if None) from the project at `root` and
-    return the top_k groups of each text. To classify many batches, use load_predictor + classify."""
+            root: str | os.PathLike = ".", seed: int | None = None) -> list[list[tuple[str, float]]]:
+    """Load the model of `cell` (params.yaml's `cell` if None) and `seed` (the first of train.seeds if None)
+    from the project at `root` and return the top_k groups of each text. To classify many batches, use
+    load_predictor + classify."""
     check_texts(texts)
-    return classify(load_predictor(cell, root), texts, top_k)
+    return classify(load_predictor(cell, root, seed), texts, top_k)
 
 
 # --- loading and checking the artifacts ------------------------------------------------
 
-def load_predictor(cell: str | None = None, root: str | os.PathLike = ".") -> Predictor:
-    """The model of `cell` with its vocabulary, group names and preprocessing params, checked
+def load_predictor(cell: str | None = None, root: str | os.PathLike = ".", seed: int | None = None) -> Predictor:
+    """The model of `cell` and `seed` with its vocabulary, group names and preprocessing params, checked
     to belong together before Keras is imported (see the module docstring)."""
     root = Path(root)
     settings = params.load(root / artifacts.PARAMS)
     cell = settings.cell if cell is None else cell
     if cell not in params.CELL_CHOICES:
         raise UserError(f"unknown cell {cell!r}: must be one of {', '.join(params.CELL_CHOICES)}")
+    seed = settings.train.seeds[0] if seed is None else seed
+    if seed not in settings.train.seeds:
+        raise UserError(f"--seed {seed}: not one of train.seeds {list(settings.train.seeds)} in params.yaml")
     vocabulary = load_vocabulary(root / artifacts.VOCAB)
     groups = read_groups(root / artifacts.padded_path("train"))
-    model_file = root / artifacts.model_path(cell)
+    model_file = root / artifacts.model_path(cell, seed)
     check_model(read_model_facts(model_file, cell), model_file, cell, vocabulary=vocabulary,
                 num_words=settings.tokenize.num_words, maxlen=settings.pad.maxlen, n_groups=len(groups))
     return Predictor(cell=cell, model=load_keras_model(model_file), vocabulary=vocabulary, groups=groups,
@@ -346,6 +352,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help='input is JSON Lines with a "text" field (automatic for *.jsonl files)')
     parser.add_argument("--encoding", default="utf-8", help="encoding of --file (default utf-8)")
     parser.add_argument("--cell", choices=params.CELL_CHOICES, help="the model to use (default: cell in params.yaml)")
+    parser.add_argument("--seed", type=int, help="the run of this seed (default: the first of train.seeds)")
     parser.add_argument("--top-k", "-k", type=_positive, default=DEFAULT_TOP_K, metavar="K",
                         help=f"how many groups to show per document (default {DEFAULT_TOP_K})")
     parser.add_argument("--json", action="store_true", help="print JSON Lines instead of a table")
@@ -359,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of `python -m lstm_vs_gru.cli.predict` and `lstm-vs-gru-predict`."""
     args = parse_args(argv)
     documents = gather_documents(args, sys.stdin)
-    predictor = load_predictor(args.cell)
+    predictor = load_predictor(args.cell, seed=args.seed)
     probabilities, known = score(predictor, [document.text for document in documents], args.batch_size)
     ranked = top_groups(probabilities, predictor.groups, args.top_k)
     sys.stdout.write((json_lines if args.json else table)(documents, ranked, known))
