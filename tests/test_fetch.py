@@ -87,5 +87,6 @@ def test_runs_as_a_module_without_tensorflow(project, small_archive_sha256):
 
 
 def _env() -> dict[str, str]:
-    """This environment without PYTHONPATH: `stages` must come from the installed project."""
-    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    """This environment with the project on PYTHONPATH: DVC runs `stages` from the project root, and it is not
+    installed."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
