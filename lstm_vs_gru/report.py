@@ -46,6 +46,22 @@ LAB_REFERENCE: dict[str, dict[str, float]] = {
     "gru": {"params": 2_590_420, "epochs": 2, "seconds_per_epoch": 50.0, "val_accuracy": 0.53},
 }
 MISSING = "—"
+FETCH_METRICS = artifacts.metrics_path("fetch")
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """What the fetch stage read (metrics/fetch.json)."""
+    source: str
+    kind: str
+    classes: int
+    train: int
+    test: int
+
+    @property
+    def is_lab(self) -> bool:
+        """Whether this is the lab's corpus, the only one its published figures compare with."""
+        return self.kind == "archive"
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,8 @@ def required_inputs(selected: str) -> list[tuple[Path, str]]:
     """Every file the report reads, with the stage that produces it."""
     per_cell = [(artifacts.metrics_path(c), producer(c)) for c in artifacts.CELLS]
     per_cell += [(artifacts.history_path(c), producer(c)) for c in artifacts.CELLS]
-    return per_cell + [(artifacts.predictions_path(selected), producer(selected))] + gradient_inputs()
+    return ([(FETCH_METRICS, "fetch")] + per_cell + [(artifacts.predictions_path(selected), producer(selected))]
+            + gradient_inputs())
 
 
 def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
@@ -77,6 +94,16 @@ def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
     files = ", ".join(str(path) for path, _ in missing)
     stages = " ".join(dict.fromkeys(stage for _, stage in missing))
     raise UserError(f"missing {files}: run `dvc repro {stages}` to produce {'it' if len(missing) == 1 else 'them'}")
+
+
+def read_corpus_info(path: Path = FETCH_METRICS) -> CorpusInfo:
+    """metrics/fetch.json: the corpus both cells were trained and tested on."""
+    raw = artifacts.read_stage_json(path, ("source", "kind", "classes", "train", "test"), "fetch")
+    try:
+        return CorpusInfo(str(raw["source"]), str(raw["kind"]), int(raw["classes"]),
+                          int(raw["train"]["documents"]), int(raw["test"]["documents"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: classes and document counts are not numbers: re-run `dvc repro fetch`") from None
 
 
 def read_metrics(path: Path, cell: str) -> dict[str, Any]:
@@ -166,8 +193,8 @@ def top_confusions(matrix: np.ndarray, labels: Sequence[str], count: int = 5) ->
 
 # --- pictures: one function per figure ---
 
-def plot_learning_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
-    """Loss and accuracy per epoch for every cell, train solid and validation dashed."""
+def plot_learning_curves(histories: Mapping[str, pd.DataFrame], lab: bool = True) -> Figure:
+    """Loss and accuracy per epoch for every cell, train solid and validation dashed (and the lab's stars)."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     for cell, history in histories.items():
@@ -177,7 +204,7 @@ def plot_learning_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
             if validation in history and history[validation].notna().any():
                 axes.plot(history["epoch"], history[validation], "o--", color=CELL_COLOURS[cell],
                           label=f"{cell.upper()} validation")
-    for cell, reference in LAB_REFERENCE.items():
+    for cell, reference in (LAB_REFERENCE if lab else {}).items():
         accuracy_axes.plot(reference["epochs"], reference["val_accuracy"], "*", markersize=13, color=CELL_COLOURS[cell],
                            markeredgecolor="black", label=f"lab {cell.upper()} validation")
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
@@ -188,7 +215,8 @@ def plot_learning_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
     return figure
 
 
-def plot_seconds_per_epoch(metrics: Mapping[str, Mapping[str, Any]], histories: Mapping[str, pd.DataFrame]) -> Figure:
+def plot_seconds_per_epoch(metrics: Mapping[str, Mapping[str, Any]], histories: Mapping[str, pd.DataFrame],
+                           lab: bool = True) -> Figure:
     """Mean seconds per epoch per cell (bars), each epoch (dots) and the lab's ~50 s (dashed)."""
     figure = Figure(figsize=(5.5, 4.2), layout="constrained")
     axes = figure.subplots()
@@ -200,8 +228,9 @@ def plot_seconds_per_epoch(metrics: Mapping[str, Mapping[str, Any]], histories: 
         if "seconds" in histories[cell]:
             seconds = histories[cell]["seconds"].dropna()
             axes.plot([position] * len(seconds), seconds, "k.", label="single epochs" if position == 0 else None)
-    lab_seconds = LAB_REFERENCE["lstm"]["seconds_per_epoch"]
-    axes.axhline(lab_seconds, linestyle="--", color="grey", label=f"lab ≈ {lab_seconds:.0f} s")
+    if lab:
+        lab_seconds = LAB_REFERENCE["lstm"]["seconds_per_epoch"]
+        axes.axhline(lab_seconds, linestyle="--", color="grey", label=f"lab ≈ {lab_seconds:.0f} s")
     axes.set(ylabel="seconds per epoch", title="Training time per epoch")
     axes.margins(y=0.15)
     axes.legend(fontsize=8, loc="lower right")
@@ -297,10 +326,15 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> s
     return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows))
 
 
-def title_section() -> str:
-    return ("# LSTM vs GRU on 20 Newsgroups\n\n"
-            "Embedding → LSTM/GRU → global max pooling → dropout → dense → dropout → 20-way softmax, "
-            "trained on the 20news-bydate train split and scored on its test split.")
+def title_section(corpus: CorpusInfo) -> str:
+    model = ("Embedding → LSTM/GRU → global max pooling → dropout → dense → dropout → "
+             f"{corpus.classes}-way softmax, ")
+    if corpus.is_lab:
+        return ("# LSTM vs GRU on 20 Newsgroups\n\n" + model
+                + "trained on the 20news-bydate train split and scored on its test split.")
+    return (f"# LSTM vs GRU on {Path(corpus.source).name}\n\n" + model
+            + f"trained on the train split of `{corpus.source}` ({corpus.train:,} documents) and scored on its "
+            f"test split ({corpus.test:,} documents); `{FETCH_METRICS.as_posix()}` says how they were read.")
 
 
 def _difference(selected: Mapping[str, Any], other: Mapping[str, Any], key: str) -> str:
@@ -327,9 +361,13 @@ def selection_section(selected: str, runs: Mapping[str, CellRun]) -> str:
             + table(["", selected.upper(), f"vs {other.upper()}"], rows, "lrr"))
 
 
-def comparison_section(selected: str, runs: Mapping[str, CellRun]) -> str:
-    """Both cells side by side, with the lab's published figures as a reference."""
+def comparison_section(selected: str, runs: Mapping[str, CellRun], lab: bool = True) -> str:
+    """Both cells side by side, with the lab's published figures as a reference on the lab's corpus."""
     cells = list(runs)
+    if not lab:
+        header = ["", *(f"{c.upper()} (selected)" if c == selected else c.upper() for c in cells)]
+        rows = [[label, *(fmt(runs[c].metrics[key]) for c in cells)] for label, key, fmt in COMPARISON_ROWS]
+        return "## LSTM and GRU side by side\n\n" + table(header, rows, "l" + "r" * len(cells))
     header = ["", *(f"{c.upper()} (selected)" if c == selected else c.upper() for c in cells),
               *(f"Lab {c.upper()}" for c in cells)]
     rows = [[label, *(fmt(runs[c].metrics[key]) for c in cells),
@@ -342,10 +380,11 @@ def comparison_section(selected: str, runs: Mapping[str, CellRun]) -> str:
     return "## LSTM and GRU side by side\n\n" + table(header, rows, "l" + "r" * (2 * len(cells))) + "\n\n" + note
 
 
-def training_section() -> str:
+def training_section(lab: bool = True) -> str:
     """Learning curves and time per epoch of both cells."""
+    stars = "; stars: the lab's validation accuracy" if lab else ""
     return ("## Training\n\n"
-            "Loss and accuracy per epoch (train solid, validation dashed; stars: the lab's validation accuracy).\n\n"
+            f"Loss and accuracy per epoch (train solid, validation dashed{stars}).\n\n"
             + figure_link(LEARNING_CURVES, "Learning curves of both cells") + "\n\n"
             "Seconds per epoch (bars: mean, dots: single epochs; the first epoch includes tracing and XLA compilation).\n\n"
             + figure_link(SECONDS_PER_EPOCH, "Seconds per epoch per cell"))
@@ -691,13 +730,14 @@ def gradients_section(gradients: Mapping[str, Any], runs: Mapping[str, CellRun])
 
 
 def report_sections(selected: str, runs: Mapping[str, CellRun], scores: pd.DataFrame,
-                    confusions: Sequence[tuple[str, str, int]], gradients: Mapping[str, Any]) -> list[str]:
+                    confusions: Sequence[tuple[str, str, int]], gradients: Mapping[str, Any],
+                    corpus: CorpusInfo) -> list[str]:
     """The report's sections in order; later stages' sections (e.g. gradients) are appended to this list."""
     return [
-        title_section(),
+        title_section(corpus),
         selection_section(selected, runs),
-        comparison_section(selected, runs),
-        training_section(),
+        comparison_section(selected, runs, corpus.is_lab),
+        training_section(corpus.is_lab),
         selected_cell_section(selected, scores, confusions),
         gradients_section(gradients, runs),
     ]

@@ -6,26 +6,28 @@ from lstm_vs_gru import artifacts, params
 from lstm_vs_gru.errors import exits_cleanly
 from lstm_vs_gru.report import (CONFUSION_MATRIX, LEARNING_CURVES, PER_GROUP_F1, SECONDS_PER_EPOCH, confusion,
                                 copy_gradient_figures, group_labels, headline, per_group_scores, plot_confusion,
-                                plot_learning_curves, plot_per_group_f1, plot_seconds_per_epoch, read_gradients,
-                                read_inputs, render_markdown, report_sections, top_confusions)
+                                plot_learning_curves, plot_per_group_f1, plot_seconds_per_epoch, read_corpus_info,
+                                read_gradients, read_inputs, render_markdown, report_sections, top_confusions)
 
 
 def write_report(selected: str) -> None:
     """Read the train and gradients stages' outputs; write metrics/report.json, reports/report.md and its PNGs."""
     runs, predictions = read_inputs(selected)
     gradients = read_gradients()
+    corpus = read_corpus_info()
     actual, predicted = predictions["actual"].tolist(), predictions["predicted"].tolist()
     labels = group_labels(actual, predicted)
     matrix = confusion(actual, predicted, labels)
     scores = per_group_scores(actual, predicted, labels)
     artifacts.write_json(artifacts.REPORT_METRICS, headline(runs[selected].metrics))
-    artifacts.write_png(plot_learning_curves({cell: run.history for cell, run in runs.items()}), LEARNING_CURVES)
-    artifacts.write_png(plot_seconds_per_epoch({cell: run.metrics for cell, run in runs.items()},
-                                             {cell: run.history for cell, run in runs.items()}), SECONDS_PER_EPOCH)
+    histories = {cell: run.history for cell, run in runs.items()}
+    artifacts.write_png(plot_learning_curves(histories, corpus.is_lab), LEARNING_CURVES)
+    artifacts.write_png(plot_seconds_per_epoch({cell: run.metrics for cell, run in runs.items()}, histories,
+                                             corpus.is_lab), SECONDS_PER_EPOCH)
     artifacts.write_png(plot_confusion(matrix, labels, selected), CONFUSION_MATRIX)
     artifacts.write_png(plot_per_group_f1(scores, selected), PER_GROUP_F1)
     copy_gradient_figures()
-    sections = report_sections(selected, runs, scores, top_confusions(matrix, labels), gradients)
+    sections = report_sections(selected, runs, scores, top_confusions(matrix, labels), gradients, corpus)
     artifacts.write_text(artifacts.REPORT_MD, render_markdown(sections))
 
 
