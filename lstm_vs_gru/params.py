@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import yaml
 
-from lstm_vs_gru.artifacts import PARAMS
+from lstm_vs_gru.artifacts import (CORPUS_DIR, DVCLIVE_DIR, METRICS_DIR, MODELS_DIR, PADDED_DIR, PARAMS, PLOTS_DIR,
+                                   REPORT_DIR, TOKENS_DIR)
 from lstm_vs_gru.errors import UserError
 
 REMOVE_CHOICES = ("headers", "footers", "quotes")
@@ -25,10 +26,36 @@ class ParamError(UserError):
     """A parameter that is missing, unknown or out of range."""
 
 
+# How `data.source` is read, by its name: a 20news-bydate archive, a table, or else a folder of class folders.
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
+# A source inside (or holding) a stage's output would make DVC refuse the pipeline as overlapping.
+OUTPUT_FOLDERS = (CORPUS_DIR, TOKENS_DIR, PADDED_DIR, MODELS_DIR, METRICS_DIR, PLOTS_DIR, REPORT_DIR, DVCLIVE_DIR)
+
+
+def source_kind(source: str) -> str:
+    """archive, table or folder, from the path's name alone (nothing is read)."""
+    name = source.lower().rstrip("/")
+    if name.endswith(ARCHIVE_SUFFIXES):
+        return "archive"
+    if name.endswith(TABLE_SUFFIXES):
+        return "table"
+    return "folder"
+
+
 @dataclass(frozen=True)
 class DataParams:
-    archive: str
+    source: str
     remove: tuple[str, ...]
+    text_column: str
+    label_column: str
+    split_column: str | None
+    test_size: float
+    split_seed: int
+
+    @property
+    def kind(self) -> str:
+        return source_kind(self.source)
 
 
 @dataclass(frozen=True)
@@ -177,7 +204,11 @@ def _str(value: Any) -> str:
 
 
 SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
-    "data": (DataParams, {"archive": _nonempty_str, "remove": _subset(REMOVE_CHOICES)}),
+    "data": (DataParams, {
+        "source": _nonempty_str, "remove": _subset(REMOVE_CHOICES),
+        "text_column": _nonempty_str, "label_column": _nonempty_str, "split_column": _optional(_nonempty_str),
+        "test_size": _float(0.0, 1.0, low_open=True, high_open=True), "split_seed": _int(0),
+    }),
     "tokenize": (TokenizeParams, {"num_words": _int(2), "lower": _bool, "filters": _str}),
     "pad": (PadParams, {"maxlen": _int(1), "padding": _choice(SIDE_CHOICES), "truncating": _choice(SIDE_CHOICES)}),
     "model": (ModelParams, {
@@ -254,6 +285,7 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
         except ValueError as error:
             raise _fail(path, key, value, str(error)) from None
     sections = {name: _section(path, name, raw.get(name), cls, checks) for name, (cls, checks) in SCHEMA.items()}
+    _check_data(path, sections["data"])
     train = sections["train"]
     if train.clipnorm is not None and train.trainer != "keras":
         # the fused trainer implements Adam without Keras's clipping (whose sparse-gradient norm is its own)
@@ -264,6 +296,25 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
                     "(Keras has no lazy Adam; it needs train.trainer: fused)")
     sections["train"] = train.with_seed(train.seeds[0])
     return Params(**top, **sections)
+
+
+def _check_data(path: Path, data: DataParams) -> None:
+    """The rules between data.* keys, and the source's place in the project."""
+    if data.remove and data.kind != "archive":
+        # The filters cut a Usenet post's layout; on other text they would silently delete paragraphs.
+        raise _fail(path, "data.remove", list(data.remove), f"[] while data.source is a {data.kind} "
+                    "(only a 20news-bydate archive has newsgroup headers, footers and quotes to remove)")
+    seen: dict[str, str] = {}
+    for key in ("text_column", "label_column", "split_column"):
+        column = getattr(data, key)
+        if column in seen:
+            raise _fail(path, f"data.{key}", column, f"a column other than data.{seen[column]}'s")
+        if column is not None:
+            seen[column] = key
+    source = PurePosixPath(Path(data.source).as_posix())
+    for folder in (PurePosixPath(folder.as_posix()) for folder in OUTPUT_FOLDERS):
+        if source == folder or folder in source.parents or source in folder.parents:
+            raise _fail(path, "data.source", data.source, f"a path apart from the pipeline's output {folder}/")
 
 
 def load(path: str | Path = PARAMS) -> Params:

@@ -52,6 +52,22 @@ LAB_REFERENCE: dict[str, dict[str, float]] = {
     "gru": {"params": 2_590_420, "epochs": 2, "seconds_per_epoch": 50.0, "val_accuracy": 0.53},
 }
 MISSING = "—"
+FETCH_METRICS = artifacts.metrics_path("fetch")
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """What the fetch stage read (metrics/fetch.json)."""
+    source: str
+    kind: str
+    classes: int
+    train: int
+    test: int
+
+    @property
+    def is_lab(self) -> bool:
+        """Whether this is the lab's corpus, the only one its published figures compare with."""
+        return self.kind == "archive"
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,8 @@ def required_inputs(selected: str, seeds: Sequence[int]) -> list[tuple[Path, str
     runs = [(artifacts.run_metrics_path(cell, seed), producer(cell, seed)) for cell in artifacts.CELLS for seed in seeds]
     runs += [(history_path(cell, seed, key), producer(cell, seed))
              for cell in artifacts.CELLS for seed in seeds for key in REQUIRED_SERIES]
-    return runs + [(artifacts.predictions_path(selected, seeds[0]), producer(selected, seeds[0]))] + gradient_inputs()
+    return ([(FETCH_METRICS, "fetch")] + runs + [(artifacts.predictions_path(selected, seeds[0]),
+                                                   producer(selected, seeds[0]))] + gradient_inputs())
 
 
 def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
@@ -88,6 +105,16 @@ def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
     files = ", ".join(str(path) for path, _ in missing)
     stages = " ".join(dict.fromkeys(stage for _, stage in missing))
     raise UserError(f"missing {files}: run `dvc repro {stages}` to produce {'it' if len(missing) == 1 else 'them'}")
+
+
+def read_corpus_info(path: Path = FETCH_METRICS) -> CorpusInfo:
+    """metrics/fetch.json: the corpus both cells were trained and tested on."""
+    raw = artifacts.read_stage_json(path, ("source", "kind", "classes", "train", "test"), "fetch")
+    try:
+        return CorpusInfo(str(raw["source"]), str(raw["kind"]), int(raw["classes"]),
+                          int(raw["train"]["documents"]), int(raw["test"]["documents"]))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path}: classes and document counts are not numbers: re-run `dvc repro fetch`") from None
 
 
 def read_metrics(path: Path, cell: str, seed: int) -> dict[str, Any]:
@@ -252,9 +279,9 @@ def _over_seeds(histories: Sequence[pd.DataFrame], column: str) -> pd.DataFrame 
     return pd.DataFrame({"mean": table.mean(axis=1), "std": table.std(axis=1, ddof=1).fillna(0.0)})
 
 
-def plot_learning_curves(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
+def plot_learning_curves(histories: Mapping[str, Sequence[pd.DataFrame]], lab: bool = True) -> Figure:
     """Loss and accuracy per epoch for every cell: the mean over seeds, train solid and validation dashed, with
-    a band of one standard deviation over seeds."""
+    a band of one standard deviation over seeds (and the lab's stars on its corpus)."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     for cell, runs in histories.items():
@@ -266,7 +293,7 @@ def plot_learning_curves(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Fig
                 axes.plot(curve.index, curve["mean"], style, color=CELL_COLOURS[cell], label=f"{cell.upper()} {part}")
                 axes.fill_between(curve.index, curve["mean"] - curve["std"], curve["mean"] + curve["std"],
                                   color=CELL_COLOURS[cell], alpha=0.15, linewidth=0)
-    for cell, reference in LAB_REFERENCE.items():
+    for cell, reference in (LAB_REFERENCE if lab else {}).items():
         accuracy_axes.plot(reference["epochs"], reference["val_accuracy"], "*", markersize=13, color=CELL_COLOURS[cell],
                            markeredgecolor="black", label=f"lab {cell.upper()} validation")
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
@@ -277,7 +304,8 @@ def plot_learning_curves(histories: Mapping[str, Sequence[pd.DataFrame]]) -> Fig
     return figure
 
 
-def plot_seconds_per_epoch(seconds: Mapping[str, float], histories: Mapping[str, Sequence[pd.DataFrame]]) -> Figure:
+def plot_seconds_per_epoch(seconds: Mapping[str, float], histories: Mapping[str, Sequence[pd.DataFrame]],
+                           lab: bool = True) -> Figure:
     """Mean seconds per epoch per cell over its seeds (bars), each epoch of each seed (dots) and the lab's ~50 s."""
     figure = Figure(figsize=(5.5, 4.2), layout="constrained")
     axes = figure.subplots()
@@ -289,8 +317,9 @@ def plot_seconds_per_epoch(seconds: Mapping[str, float], histories: Mapping[str,
         epochs = pd.concat([history["seconds"] for history in histories[cell] if "seconds" in history]
                            or [pd.Series(dtype=float)]).dropna()
         axes.plot([position] * len(epochs), epochs, "k.", label="single epochs" if position == 0 else None)
-    lab_seconds = LAB_REFERENCE["lstm"]["seconds_per_epoch"]
-    axes.axhline(lab_seconds, linestyle="--", color="grey", label=f"lab ≈ {lab_seconds:.0f} s")
+    if lab:
+        lab_seconds = LAB_REFERENCE["lstm"]["seconds_per_epoch"]
+        axes.axhline(lab_seconds, linestyle="--", color="grey", label=f"lab ≈ {lab_seconds:.0f} s")
     axes.set(ylabel="seconds per epoch", title="Training time per epoch")
     axes.margins(y=0.15)
     axes.legend(fontsize=8, loc="lower right")
@@ -414,10 +443,15 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> s
     return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows))
 
 
-def title_section() -> str:
-    return ("# LSTM vs GRU on 20 Newsgroups\n\n"
-            "Embedding → LSTM/GRU → global max pooling → dropout → dense → dropout → 20-way softmax, "
-            "trained on the 20news-bydate train split and scored on its test split.")
+def title_section(corpus: CorpusInfo) -> str:
+    model = ("Embedding → LSTM/GRU → global max pooling → dropout → dense → dropout → "
+             f"{corpus.classes}-way softmax, ")
+    if corpus.is_lab:
+        return ("# LSTM vs GRU on 20 Newsgroups\n\n" + model
+                + "trained on the 20news-bydate train split and scored on its test split.")
+    return (f"# LSTM vs GRU on {Path(corpus.source).name}\n\n" + model
+            + f"trained on the train split of `{corpus.source}` ({corpus.train:,} documents) and scored on its "
+            f"test split ({corpus.test:,} documents); `{FETCH_METRICS.as_posix()}` says how they were read.")
 
 
 def mean_metrics(runs: SeedRuns) -> dict[str, dict[str, Any]]:
@@ -482,9 +516,14 @@ def _range(summary: Mapping[str, Any]) -> str:
     return f"{summary['ci_low']:.4f} – {summary['ci_high']:.4f}"
 
 
-def comparison_section(selected: str, metrics: Mapping[str, Mapping[str, Any]], seeds: int) -> str:
-    """Both cells side by side (means over seeds), with the lab's published figures as a reference."""
+def comparison_section(selected: str, metrics: Mapping[str, Mapping[str, Any]], seeds: int, lab: bool = True) -> str:
+    """Both cells side by side (means over seeds), with the lab's published figures as a reference on its corpus."""
     cells = list(metrics)
+    if not lab:
+        header = ["", *(f"{c.upper()} (selected)" if c == selected else c.upper() for c in cells)]
+        rows = [[label, *(fmt(metrics[c][key]) for c in cells)] for label, key, fmt in COMPARISON_ROWS]
+        return ("## LSTM and GRU side by side\n\n" + table(header, rows, "l" + "r" * len(cells))
+                + f"\n\nMeans over {seeds} seeds.")
     header = ["", *(f"{c.upper()} (selected)" if c == selected else c.upper() for c in cells),
               *(f"Lab {c.upper()}" for c in cells)]
     rows = [[label, *(fmt(metrics[c][key]) for c in cells),
@@ -498,13 +537,15 @@ def comparison_section(selected: str, metrics: Mapping[str, Mapping[str, Any]], 
     return "## LSTM and GRU side by side\n\n" + table(header, rows, "l" + "r" * (2 * len(cells))) + "\n\n" + note
 
 
-def training_section() -> str:
+def training_section(lab: bool = True) -> str:
     """Learning curves and time per epoch of both cells."""
+    stars = "; stars: the lab's validation accuracy" if lab else ""
     return ("## Training\n\n"
             "Loss and accuracy per epoch, mean over seeds with a band of one standard deviation (train solid, "
-            "validation dashed; stars: the lab's validation accuracy).\n\n"
+            f"validation dashed{stars}).\n\n"
             + figure_link(LEARNING_CURVES, "Learning curves of both cells") + "\n\n"
-            "Seconds per epoch (bars: mean over seeds, dots: single epochs; the first epoch includes tracing and XLA compilation).\n\n"
+            "Seconds per epoch (bars: mean over seeds, dots: single epochs; the first epoch includes tracing and XLA "
+            "compilation).\n\n"
             + figure_link(SECONDS_PER_EPOCH, "Seconds per epoch per cell"))
 
 
@@ -732,14 +773,14 @@ def gradients_section(gradients: Mapping[str, Any], runs: Mapping[str, CellRun])
 
 def report_sections(selected: str, runs: SeedRuns, summary: Mapping[str, Any], head: Mapping[str, Any],
                     scores: pd.DataFrame, confusions: Sequence[tuple[str, str, int]],
-                    gradients: Mapping[str, Any]) -> list[str]:
+                    gradients: Mapping[str, Any], corpus: CorpusInfo) -> list[str]:
     """The report's sections in order."""
     return [
-        title_section(),
+        title_section(corpus),
         selection_section(selected, summary, head),
         seeds_section(runs, summary),
-        comparison_section(selected, mean_metrics(runs), head["seeds"]),
-        training_section(),
+        comparison_section(selected, mean_metrics(runs), head["seeds"], corpus.is_lab),
+        training_section(corpus.is_lab),
         selected_cell_section(selected, next(iter(runs[selected])), scores, confusions),
         gradients_section(gradients, reference_runs(runs)),
     ]

@@ -8,14 +8,15 @@ from lstm_vs_gru.errors import exits_cleanly
 from lstm_vs_gru.report import (CONFUSION_MATRIX, LEARNING_CURVES, PER_GROUP_F1, SECONDS_PER_EPOCH, SEEDS_FIGURE,
                                 aggregates, confusion, copy_gradient_figures, group_labels, headline, mean_seconds,
                                 per_group_scores, plot_confusion, plot_learning_curves, plot_per_group_f1,
-                                plot_seconds_per_epoch, plot_seeds, read_gradients, read_inputs, render_markdown,
-                                report_sections, top_confusions)
+                                plot_seconds_per_epoch, plot_seeds, read_corpus_info, read_gradients, read_inputs,
+                                render_markdown, report_sections, top_confusions)
 
 
 def write_report(selected: str, seeds: tuple[int, ...]) -> None:
     """Read the train and gradients stages' outputs; write metrics/report.json, reports/report.md and its PNGs."""
     runs, predictions = read_inputs(selected, seeds)
     gradients = read_gradients()
+    corpus = read_corpus_info()
     actual, predicted = predictions["actual"].tolist(), predictions["predicted"].tolist()
     labels = group_labels(actual, predicted)
     matrix = confusion(actual, predicted, labels)
@@ -24,14 +25,15 @@ def write_report(selected: str, seeds: tuple[int, ...]) -> None:
     head = headline(selected, runs, summary)
     histories = {cell: [run.history for run in by_seed.values()] for cell, by_seed in runs.items()}
     artifacts.write_json(artifacts.REPORT_METRICS, head)
-    artifacts.write_png(plot_learning_curves(histories), LEARNING_CURVES)
+    artifacts.write_png(plot_learning_curves(histories, corpus.is_lab), LEARNING_CURVES)
     seconds = {cell: mean_seconds(runs, cell) for cell in runs}
-    artifacts.write_png(plot_seconds_per_epoch(seconds, histories), SECONDS_PER_EPOCH)
+    artifacts.write_png(plot_seconds_per_epoch(seconds, histories, corpus.is_lab), SECONDS_PER_EPOCH)
     artifacts.write_png(plot_seeds(runs, summary), SEEDS_FIGURE)
     artifacts.write_png(plot_confusion(matrix, labels, selected), CONFUSION_MATRIX)
     artifacts.write_png(plot_per_group_f1(scores, selected), PER_GROUP_F1)
     copy_gradient_figures()
-    sections = report_sections(selected, runs, summary, head, scores, top_confusions(matrix, labels), gradients)
+    sections = report_sections(selected, runs, summary, head, scores, top_confusions(matrix, labels), gradients,
+                               corpus)
     artifacts.write_text(artifacts.REPORT_MD, render_markdown(sections))
 
 

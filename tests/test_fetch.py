@@ -1,6 +1,7 @@
 """stages.fetch: the stage's main() on the small archive, in a throw-away project directory."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,10 +47,14 @@ def test_writes_the_corpus_tables(project, monkeypatch, capsys, small_archive_sh
         assert written.astype(object).equals(expected.astype(object))
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "fetch: train: 120 posts, 20 groups, removed headers,quotes -> data/corpus/train.parquet",
-        "fetch: test: 60 posts, 20 groups, removed headers,quotes -> data/corpus/test.parquet",
+        "fetch: train: 120 documents, 20 classes, removed headers,quotes -> data/corpus/train.parquet",
+        "fetch: test: 60 documents, 20 classes, removed headers,quotes -> data/corpus/test.parquet",
+        "fetch: skipped nothing -> metrics/fetch.json",
     ]
     assert sorted(path.name for path in (project / "data" / "corpus").iterdir()) == ["test.parquet", "train.parquet"]
+    metrics = json.loads((project / "metrics" / "fetch.json").read_text())
+    assert metrics["kind"] == "archive" and metrics["classes"] == 20 and metrics["test_split"] == "source"
+    assert (metrics["train"], metrics["test"]) == ({"documents": 120}, {"documents": 60})
 
 
 def test_wrong_checksum_fails_in_one_line_and_writes_nothing(project, capsys, small_archive_sha256):

@@ -240,6 +240,42 @@ def test_baseline_for_one_target(project, capsys):
     assert code == 1 and "+20.0%" in out
 
 
+# --- the corpus both runs were measured on ----------------------------------------------------
+
+def corpus(fingerprint: str) -> dict:
+    return {gate.CORPUS_KEY: fingerprint, "classes": 3}
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    (corpus("a" * 64), corpus("a" * 64), None),
+    (Absent("MISSING", "gone"), None, None),
+    (Absent("MISSING", "gone"), corpus("a" * 64), "gate: warning: HEAD has no corpus fingerprint"),
+    (corpus("a" * 64), Absent("MISSING", "gone"), "gate: warning: the workspace has no corpus fingerprint"),
+])
+def test_check_corpus(old, new, expected):
+    warning = gate.check_corpus(old, new, "HEAD")
+    assert warning == expected or warning.startswith(expected)
+
+
+def test_main_refuses_metrics_of_another_corpus_unless_told(project, capsys):
+    Path(gate.CORPUS_METRICS).write_text(json.dumps(corpus("b" * 64)))
+    Path("base.json").write_text(json.dumps({"metrics/a.json": METRICS, gate.CORPUS_METRICS: corpus("a" * 64)}))
+    err = one_line_error(capsys, "--baseline", "base.json")
+    assert err == (f"error: {gate.CORPUS_METRICS}: the workspace's corpus (bbbbbbbbbbbb) is not base.json's "
+                   "(aaaaaaaaaaaa): metrics of different corpora; pass --other-corpus to compare them anyway\n")
+    code, out, err = run_gate(capsys, "--baseline", "base.json", "--other-corpus")
+    assert code == 0 and out.splitlines()[-1] == "gate: passed, 3 metrics hold against base.json"
+    assert err.startswith("gate: warning: ") and err.endswith("compared anyway (--other-corpus)\n")
+    Path(gate.CORPUS_METRICS).write_text(json.dumps(corpus("a" * 64)))
+    assert run_gate(capsys, "--baseline", "base.json") == (0, out, "")
+
+
+def test_main_warns_when_the_baseline_has_no_fingerprint(project, capsys):
+    Path(gate.CORPUS_METRICS).write_text(json.dumps(corpus("a" * 64)))
+    code, _, err = run_gate(capsys, "--baseline", "base.json")
+    assert code == 0 and err.startswith("gate: warning: base.json has no corpus fingerprint")
+
+
 def one_line_error(capsys, *argv: str) -> str:
     code, out, err = run_gate(capsys, *argv)
     assert code == 2 and out == ""

@@ -20,7 +20,7 @@ def raw() -> dict:
 def test_shipped_params_are_the_lab_defaults():
     p = params.load(ROOT / "params.yaml")
     assert p.cell == "lstm"
-    assert p.data.remove == ()
+    assert (p.data.source, p.data.kind, p.data.remove) == ("data/20news-bydate.tar.gz", "archive", ())
     assert p.tokenize.num_words == 20000 and p.tokenize.lower is True
     assert p.tokenize.filters == params.KERAS2_FILTERS
     assert (p.pad.maxlen, p.pad.padding, p.pad.truncating) == (100, "pre", "pre")
@@ -63,6 +63,13 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("tokenize.num_words", 1, "an integer >= 2"),
         ("gradients.cells", ["lstm", "transformer"], "simple_rnn, lstm, gru"),
         ("gradients.seq_lengths", [], "a non-empty list of integers >= 2"),
+        ("data.source", "", "a non-empty string"),
+        ("data.test_size", 1.0, "a number in (0.0, 1.0)"),
+        ("data.split_seed", -1, "an integer >= 0"),
+        ("data.split_column", "", "null or a non-empty string"),
+        ("data.label_column", "text", "a column other than data.text_column's"),
+        ("data.source", "data", "a path apart from the pipeline's output data/corpus/"),
+        ("data.source", "./metrics/old.csv", "a path apart from the pipeline's output metrics/"),
     ],
 )
 def test_bad_value_names_key_value_and_rule(raw, key, value, allowed):
@@ -120,3 +127,22 @@ def test_unreadable_file(tmp_path):
         params.load(bad)
     with pytest.raises(params.ParamError, match="not found"):
         params.load(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("source, kind", [
+    ("data/20news-bydate.tar.gz", "archive"), ("copy.TGZ", "archive"), ("tickets.csv", "table"),
+    ("a/b.tsv", "table"), ("r.jsonl", "table"), ("r.ndjson", "table"), ("r.parquet", "table"),
+    ("tickets", "folder"), ("tickets/", "folder"), ("reviews.v2", "folder"),
+])
+def test_the_source_kind_follows_the_name(source, kind):
+    assert params.source_kind(source) == kind
+
+
+@pytest.mark.parametrize("source, kind", [("tickets.csv", "table"), ("tickets", "folder")])
+def test_remove_is_refused_on_sources_without_newsgroup_headers(raw, source, kind):
+    changed = _with(_with(raw, "data.source", source), "data.remove", ["headers"])
+    with pytest.raises(params.ParamError) as caught:
+        params.parse(changed)
+    assert str(caught.value).endswith(f"data.remove = [headers]: must be [] while data.source is a {kind} (only a "
+                                      "20news-bydate archive has newsgroup headers, footers and quotes to remove)")
+    assert params.parse(_with(changed, "data.remove", [])).data.kind == kind

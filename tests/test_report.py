@@ -45,6 +45,9 @@ FAKE_METRICS = {
             "test_loss": 1.5566, "test_accuracy": 0.5123, "test_macro_f1": 0.4988},
 }
 
+FAKE_FETCH = {"source": "data/20news-bydate.tar.gz", "kind": "archive", "classes": 20,
+              "train": {"documents": 11314}, "test": {"documents": 7532}}
+
 
 def fake_history(metrics: dict) -> pd.DataFrame:
     """Two epochs that end at the metrics' train/val figures; the first epoch is slower (graph building)."""
@@ -146,6 +149,7 @@ def write_fake_run(root: Path, cell_in_params: str = "lstm", shifts: dict | None
             write_dvclive_history(root, cell, seed, fake_history(metrics))
             artifacts.write_table(root / artifacts.predictions_path(cell, seed), fake_predictions(10 * seed + number))
     artifacts.write_json(root / artifacts.metrics_path("gradients"), fake_gradients())
+    artifacts.write_json(root / artifacts.metrics_path("fetch"), FAKE_FETCH)
     for name in ("gradient_flow", "exploding"):
         write_fake_png(root / artifacts.gradient_figure_path(name))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
@@ -249,6 +253,17 @@ def test_markdown_shows_both_cells_and_the_lab_reference(built):
     assert "≈ 50" in markdown
 
 
+def test_another_corpus_is_named_and_left_without_the_labs_figures(run_dir):
+    artifacts.write_json(artifacts.metrics_path("fetch"), {**FAKE_FETCH, "source": "data/tickets.csv", "kind": "table"})
+    report_stage.write_report("lstm", SEEDS)
+    markdown = (run_dir / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    assert markdown.startswith("# LSTM vs GRU on tickets.csv\n\n") and "20-way softmax, trained on the train split " \
+        "of `data/tickets.csv` (11,314 documents) and scored on its test split (7,532 documents)" in markdown
+    assert "Lab LSTM" not in markdown and "≈ 50" not in markdown and "stars:" not in markdown
+    assert comparison_row(markdown, "Parameters") == "| Parameters | 2,599,370 | 2,590,570 |"
+    assert all(f"| {group} |" in markdown for group in GROUPS)
+
+
 def test_markdown_links_to_valid_pngs(built):
     _, root = built
     markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
@@ -323,6 +338,7 @@ def test_run_without_validation_figures_shows_dashes(run_dir):
     (artifacts.predictions_path("gru", 0), "train_gru@0"),
     (artifacts.metrics_path("gradients"), "gradients"),
     (artifacts.gradient_figure_path("exploding"), "gradients"),
+    (artifacts.metrics_path("fetch"), "fetch"),
 ])
 def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
     missing.unlink()

@@ -36,6 +36,10 @@ A key ending in `.*` names one value per seed (`per_seed.lstm.test_accuracy.*` m
   tolerance; a change the seeds' spread explains passes, whatever its size.
 * `min` / `max` apply to the mean; a seed of the baseline missing from the current run is MISSING SEED.
 
+Corpus: the fetch stage records a fingerprint of the corpus in metrics/fetch.json. Where the baseline's and
+the workspace's differ, their metrics come from different corpora and the gate refuses (exit 2) unless
+`--other-corpus` is given; where one side has no fingerprint it says it cannot tell.
+
 Verdicts: ok, report-only, new (baseline lacks it; only with --allow-new), REGRESSION,
 MISSING (file or key), MISSING SEED, UNREADABLE, NaN (NaN or infinite), NOT NUMERIC, BELOW FLOOR,
 ABOVE CEILING. Exit status: 0 all hold, 1 any failing verdict, 2 bad rules file, bad
@@ -54,7 +58,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from lstm_vs_gru.artifacts import is_number
+from lstm_vs_gru.artifacts import is_number, metrics_path
 from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
 
 RULES = Path("gate.yaml")
@@ -68,6 +72,8 @@ REGRESSION, MISSING, UNREADABLE = "REGRESSION", "MISSING", "UNREADABLE"
 NAN, NOT_NUMERIC, BELOW_FLOOR, ABOVE_CEILING = "NaN", "NOT NUMERIC", "BELOW FLOOR", "ABOVE CEILING"
 MISSING_SEED = "MISSING SEED"
 PASSING = frozenset({OK, REPORT_ONLY, NEW})
+CORPUS_METRICS = metrics_path("fetch").as_posix()
+CORPUS_KEY = "fingerprint"
 
 
 class RulesError(UserError):
@@ -543,6 +549,31 @@ def failures(rows: Sequence[Row]) -> list[Row]:
     return [row for row in rows if row.verdict not in PASSING]
 
 
+def _fingerprint(metrics: FileMetrics | None) -> str | None:
+    if metrics is None or isinstance(metrics, Absent):
+        return None
+    value = metrics.get(CORPUS_KEY)
+    return value if isinstance(value, str) else None
+
+
+def check_corpus(baseline: FileMetrics | None, current: FileMetrics | None, baseline_label: str,
+                 other_corpus: bool = False) -> str | None:
+    """None when both sides ran on one corpus (or neither says); else a warning line. Two different
+    corpora raise UserError unless other_corpus."""
+    old, new = _fingerprint(baseline), _fingerprint(current)
+    if old == new:
+        return None
+    if old is None or new is None:
+        side = baseline_label if old is None else "the workspace"
+        return (f"gate: warning: {side} has no corpus fingerprint ({CORPUS_METRICS} {CORPUS_KEY}): "
+                "cannot tell whether both ran on the same corpus")
+    message = (f"{CORPUS_METRICS}: the workspace's corpus ({new[:12]}) is not {baseline_label}'s ({old[:12]}): "
+               "metrics of different corpora")
+    if not other_corpus:
+        raise UserError(f"{message}; pass --other-corpus to compare them anyway")
+    return f"gate: warning: {message}, compared anyway (--other-corpus)"
+
+
 # --- output ------------------------------------------------------------------------------
 
 COLUMNS = ("file", "key", "baseline", "current", "change", "tolerance", "verdict")
@@ -594,6 +625,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rules", default=str(RULES), help="rules file (default gate.yaml)")
     parser.add_argument("--allow-new", action="store_true", help="a metric absent from the baseline passes as 'new'")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--other-corpus", action="store_true",
+                        help=f"compare even when {CORPUS_METRICS} says the corpora differ (a warning, not an error)")
     return parser
 
 
@@ -603,12 +636,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     rules = load_rules(args.rules)
     files = rule_files(rules)
+    wanted = [*files, CORPUS_METRICS] if CORPUS_METRICS not in files else files
     if args.baseline:
-        baseline, label = baseline_from_arguments(args.baseline, files), " ".join(args.baseline)
+        baseline, label = baseline_from_arguments(args.baseline, wanted), " ".join(args.baseline)
     else:
         rev = args.rev or "HEAD"
-        baseline, label = read_revision(rev, files), rev
-    rows = compare(rules, baseline, read_workspace(files), args.allow_new)
+        baseline, label = read_revision(rev, wanted), rev
+    current = read_workspace(wanted)
+    warning = check_corpus(baseline.get(CORPUS_METRICS), current.get(CORPUS_METRICS), label, args.other_corpus)
+    if warning:
+        print(warning, file=sys.stderr)
+    rows = compare(rules, baseline, current, args.allow_new)
     print(render_json(rows, label) if args.json else render_table(rows, label))
     return 1 if failures(rows) else 0
 
