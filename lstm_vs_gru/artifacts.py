@@ -34,6 +34,9 @@ def corpus_path(split: str) -> Path:
     return CORPUS_DIR / f"{split}.parquet"
 
 
+CORPUS_COLUMNS = ("id", "group", "label", "text")
+
+
 def tokens_path(split: str) -> Path:
     return TOKENS_DIR / f"{split}.npz"
 
@@ -80,6 +83,11 @@ def read_model_stamp(path: str | os.PathLike) -> dict[str, Any]:
 
 def predictions_path(cell: str, seed: int) -> Path:
     return PLOTS_DIR / run_folder(cell, seed) / "predictions.csv"
+
+
+BASELINE_METRICS = METRICS_DIR / "baseline.json"
+# the baseline's test predictions, as the train stages' predictions.csv (actual, predicted group names)
+BASELINE_PREDICTIONS = PLOTS_DIR / "baseline" / "predictions.csv"
 
 
 def dvclive_dir(cell: str, seed: int) -> Path:
@@ -208,6 +216,24 @@ def write_png(figure: "matplotlib.figure.Figure", path: str | os.PathLike) -> No
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
+
+
+def read_corpus(split: str) -> "pandas.DataFrame":  # noqa: F821
+    """The corpus table of one split as fetch wrote it, checked for its columns, integer labels and text strings."""
+    import pandas as pd
+
+    path = corpus_path(split)
+    try:
+        frame = pd.read_parquet(path, columns=list(CORPUS_COLUMNS))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (run the fetch stage first)") from None
+    except (ValueError, KeyError, OSError) as error:
+        raise UserError(f"{path}: not a corpus table with columns {', '.join(CORPUS_COLUMNS)}: {error}") from None
+    if not pd.api.types.is_integer_dtype(frame["label"]):
+        raise UserError(f"{path}: column label must hold integers, not {frame['label'].dtype}")
+    if not all(isinstance(text, str) for text in frame["text"]):
+        raise UserError(f"{path}: column text must hold strings only")
+    return frame
 
 
 def write_table(path: str | os.PathLike, frame: "pandas.DataFrame") -> None:  # noqa: F821

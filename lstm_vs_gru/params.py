@@ -19,6 +19,8 @@ SIDE_CHOICES = ("pre", "post")
 CELL_CHOICES = ("lstm", "gru")
 GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
 TRAINER_CHOICES = ("fused", "keras")  # lstm_vs_gru.fused.trainer.fast_fit, or Keras's own model.fit
+BASELINE_MODEL_CHOICES = ("linear_svc", "logistic_regression", "complement_nb")  # lstm_vs_gru.baseline.CLASSIFIERS
+STOP_WORDS_CHOICES = ("english",)  # scikit-learn's built-in list
 KERAS2_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
 
 
@@ -107,6 +109,17 @@ class GradientsParams:
 
 
 @dataclass(frozen=True)
+class BaselineParams:
+    model: str
+    sublinear_tf: bool
+    max_df: float
+    stop_words: str | None
+    max_features: int | None
+    C: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class Params:
     cell: str
     data: DataParams
@@ -115,6 +128,7 @@ class Params:
     model: ModelParams
     train: TrainParams
     gradients: GradientsParams
+    baseline: BaselineParams
 
 
 # --- checks: each returns the clean value or raises ValueError(<what is allowed>) ---
@@ -227,6 +241,12 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "gradients": (GradientsParams, {
         "cells": _subset(GRADIENT_CELL_CHOICES, nonempty=True), "seq_lengths": _int_list(2),
         "samples": _int(1), "recurrent_scale": _float(0.0, 100.0, low_open=True),
+    }),
+    "baseline": (BaselineParams, {
+        "model": _choice(BASELINE_MODEL_CHOICES), "sublinear_tf": _bool,
+        "max_df": _float(0.0, 1.0, low_open=True), "stop_words": _optional(_choice(STOP_WORDS_CHOICES)),
+        "max_features": _optional(_int(1)), "C": _float(0.0, math.inf, low_open=True, high_open=True),
+        "seed": _int(0),
     }),
 }
 TOP_LEVEL = {"cell": _choice(CELL_CHOICES)}

@@ -1,8 +1,8 @@
 """The report: headline metrics of the cell this project puts forward, and a human report on both cells, built
-from both cells' metrics and histories, the selected cell's test predictions and the gradients stage's
-measurements (stages/report.py is the stage). No TensorFlow here: the confusion matrix and per-group scores
-come from scikit-learn. The gradients section's words are in templates/gradients.md.j2; this module gives it
-the numbers."""
+from both cells' metrics and histories, the selected cell's test predictions, the TF-IDF baseline's scores and
+the gradients stage's measurements (stages/report.py is the stage). No TensorFlow here: the confusion matrix
+and per-group scores come from scikit-learn. The gradients section's words are in templates/gradients.md.j2;
+this module gives it the numbers."""
 from __future__ import annotations
 
 import functools
@@ -53,6 +53,9 @@ LAB_REFERENCE: dict[str, dict[str, float]] = {
 }
 MISSING = "—"
 FETCH_METRICS = artifacts.metrics_path("fetch")
+BASELINE_STAGE = "baseline"
+BASELINE_SCORES = ("test_accuracy", "test_macro_f1")
+BASELINE_KEYS = ("model", "name", *BASELINE_SCORES, "fit_seconds", "vocabulary_size", "train_documents")
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,13 @@ def producer(cell: str, seed: int) -> str:
 
 def required_inputs(selected: str, seeds: Sequence[int]) -> list[tuple[Path, str]]:
     """Every file the report reads, with the stage that produces it: each seed's run of each cell, the first
-    seed's test predictions of the selected cell, and the gradients stage's outputs."""
+    seed's test predictions of the selected cell, the baseline's metrics and the gradients stage's outputs."""
     runs = [(artifacts.run_metrics_path(cell, seed), producer(cell, seed)) for cell in artifacts.CELLS for seed in seeds]
     runs += [(history_path(cell, seed, key), producer(cell, seed))
              for cell in artifacts.CELLS for seed in seeds for key in REQUIRED_SERIES]
     return ([(FETCH_METRICS, "fetch")] + runs + [(artifacts.predictions_path(selected, seeds[0]),
-                                                   producer(selected, seeds[0]))] + gradient_inputs())
+                                                   producer(selected, seeds[0])),
+                                                  (artifacts.BASELINE_METRICS, BASELINE_STAGE)] + gradient_inputs())
 
 
 def check_inputs_exist(inputs: Sequence[tuple[Path, str]]) -> None:
@@ -115,6 +119,21 @@ def read_corpus_info(path: Path = FETCH_METRICS) -> CorpusInfo:
                           int(raw["train"]["documents"]), int(raw["test"]["documents"]))
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{path}: classes and document counts are not numbers: re-run `dvc repro fetch`") from None
+
+
+def read_baseline(path: Path = artifacts.BASELINE_METRICS) -> dict[str, Any]:
+    """metrics/baseline.json: the TF-IDF baseline's name, test scores, fit time and vocabulary."""
+    rerun = f"re-run `dvc repro {BASELINE_STAGE}`"
+    raw = artifacts.read_stage_json(path, BASELINE_KEYS, BASELINE_STAGE)
+    for key in BASELINE_SCORES:
+        if not is_finite_number(raw[key]) or not 0.0 <= raw[key] <= 1.0:
+            raise UserError(f"{path}: {key} = {raw[key]!r} is not a number in [0, 1]: {rerun}")
+    if not is_finite_number(raw["fit_seconds"]) or raw["fit_seconds"] < 0:
+        raise UserError(f"{path}: fit_seconds = {raw['fit_seconds']!r} is not a number of seconds: {rerun}")
+    for key in ("vocabulary_size", "train_documents"):
+        if isinstance(raw[key], bool) or not isinstance(raw[key], int):
+            raise UserError(f"{path}: {key} = {raw[key]!r} is not a whole number: {rerun}")
+    return {key: raw[key] for key in BASELINE_KEYS}
 
 
 def read_metrics(path: Path, cell: str, seed: int) -> dict[str, Any]:
@@ -235,13 +254,22 @@ def mean_seconds(runs: SeedRuns, cell: str) -> float:
     return round(float(np.mean(seed_values(runs, cell, "seconds_per_epoch"))), 3)
 
 
-def headline(selected: str, runs: SeedRuns, summary: Mapping[str, Any]) -> dict[str, Any]:
+def headline(selected: str, runs: SeedRuns, summary: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
     """metrics/report.json: the selected cell's means over seeds under the keys a single run has (so
-    `dvc metrics diff` compares them), then the aggregates."""
+    `dvc metrics diff` compares them), then the aggregates, then the baseline's scores beside them."""
     cell_summary = summary["cells"][selected]
     means = {key: cell_summary[key]["mean"] if key in cell_summary else None for key in SEED_METRICS}
     return {"cell": selected, "seeds": len(runs[selected]), **means, "seconds_per_epoch": mean_seconds(runs, selected),
-            "params": seed_values(runs, selected, "params")[0], **summary}
+            "params": seed_values(runs, selected, "params")[0], **summary,
+            "baseline": baseline_comparison(means, baseline)}
+
+
+def baseline_comparison(means: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The baseline's test scores and the selected cell's means over seeds minus them (negative: the cell is
+    behind)."""
+    return {"model": baseline["model"], "name": baseline["name"], **{key: baseline[key] for key in BASELINE_SCORES},
+            "selected_minus_baseline": {key: None if means[key] is None else round(means[key] - baseline[key], 6)
+                                        for key in BASELINE_SCORES}}
 
 
 def group_labels(actual: Sequence[str], predicted: Sequence[str]) -> list[str]:
@@ -537,6 +565,36 @@ def comparison_section(selected: str, metrics: Mapping[str, Mapping[str, Any]], 
     return "## LSTM and GRU side by side\n\n" + table(header, rows, "l" + "r" * (2 * len(cells))) + "\n\n" + note
 
 
+def _gap(difference: float | None) -> str:
+    """A score difference in words: "0.4316 lower", "0.0100 higher" or "level"."""
+    if difference is None:
+        return MISSING
+    if round(difference, 4) == 0:
+        return "level"
+    return f"{abs(difference):.4f} {'lower' if difference < 0 else 'higher'}"
+
+
+def baseline_section(selected: str, summary: Mapping[str, Any], head: Mapping[str, Any],
+                     baseline: Mapping[str, Any]) -> str:
+    """The baseline's test scores beside each cell's means over seeds, and how far the selected cell is from it."""
+    name, gap = baseline["name"], head["baseline"]["selected_minus_baseline"]
+    rows = [(name, *(fmt_score(baseline[key]) for key in BASELINE_SCORES))]
+    rows += [(f"{cell.upper()}{' (selected)' if cell == selected else ''}, mean over {head['seeds']} seeds",
+              *(fmt_score(summary["cells"][cell].get(key, {}).get("mean")) for key in BASELINE_SCORES))
+             for cell in summary["cells"]]
+    return ("## Against the classical baseline\n\n"
+            f"**{name}: test accuracy {fmt_score(baseline['test_accuracy'])}, macro-F1 "
+            f"{fmt_score(baseline['test_macro_f1'])}; the selected {selected.upper()}'s mean over {head['seeds']} "
+            f"seeds is {_gap(gap['test_accuracy'])} in test accuracy and {_gap(gap['test_macro_f1'])} in "
+            "macro-F1.**\n\n"
+            f"{name} (scikit-learn; TF-IDF of {fmt_count(baseline['vocabulary_size'])} terms from the "
+            f"{fmt_count(baseline['train_documents'])} training documents), fitted in "
+            f"{fmt_seconds(baseline['fit_seconds'])} s on the same train split and text as the recurrent cells and "
+            f"scored on the same test split (stage `{BASELINE_STAGE}`, `baseline` in params.yaml, "
+            f"`{artifacts.BASELINE_METRICS.as_posix()}`).\n\n"
+            + table(["", "Test accuracy", "Test macro-F1"], rows, "lrr"))
+
+
 def training_section(lab: bool = True) -> str:
     """Learning curves and time per epoch of both cells."""
     stars = "; stars: the lab's validation accuracy" if lab else ""
@@ -773,13 +831,14 @@ def gradients_section(gradients: Mapping[str, Any], runs: Mapping[str, CellRun])
 
 def report_sections(selected: str, runs: SeedRuns, summary: Mapping[str, Any], head: Mapping[str, Any],
                     scores: pd.DataFrame, confusions: Sequence[tuple[str, str, int]],
-                    gradients: Mapping[str, Any], corpus: CorpusInfo) -> list[str]:
+                    gradients: Mapping[str, Any], corpus: CorpusInfo, baseline: Mapping[str, Any]) -> list[str]:
     """The report's sections in order."""
     return [
         title_section(corpus),
         selection_section(selected, summary, head),
         seeds_section(runs, summary),
         comparison_section(selected, mean_metrics(runs), head["seeds"], corpus.is_lab),
+        baseline_section(selected, summary, head, baseline),
         training_section(corpus.is_lab),
         selected_cell_section(selected, next(iter(runs[selected])), scores, confusions),
         gradients_section(gradients, reference_runs(runs)),

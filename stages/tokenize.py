@@ -8,26 +8,9 @@ import numpy as np
 import pandas as pd
 
 from lstm_vs_gru import artifacts, params
+from lstm_vs_gru.artifacts import read_corpus
 from lstm_vs_gru.errors import UserError, exits_cleanly
 from lstm_vs_gru.tokenizer import Vocabulary, fit
-
-CORPUS_COLUMNS = ("id", "group", "label", "text")
-
-
-def read_corpus(split: str) -> pd.DataFrame:
-    """The corpus table of one split, checked for the columns this stage needs."""
-    path = artifacts.corpus_path(split)
-    try:
-        frame = pd.read_parquet(path, columns=list(CORPUS_COLUMNS))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (run the fetch stage first)") from None
-    except (ValueError, KeyError, OSError) as error:
-        raise UserError(f"{path}: not a corpus table with columns {', '.join(CORPUS_COLUMNS)}: {error}") from None
-    if not pd.api.types.is_integer_dtype(frame["label"]):
-        raise UserError(f"{path}: column label must hold integers, not {frame['label'].dtype}")
-    if not all(isinstance(text, str) for text in frame["text"]):
-        raise UserError(f"{path}: column text must hold strings only")
-    return frame
 
 
 def group_names(frames: list[pd.DataFrame]) -> np.ndarray:

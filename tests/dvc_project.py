@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -70,6 +71,14 @@ class Project:
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")
         self.run("git", "commit", "-qm", message)
+
+
+def project_stages(seeds: Sequence[int] = SMALL_PARAMS["train.seeds"]) -> list[str]:
+    """dvc.yaml's stages, each training stage once per seed (its matrix)."""
+    names = []
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        names += [f"{name}@{seed}" for seed in seeds] if "matrix" in stage else [name]
+    return names
 
 
 def stages_run(output: str) -> set[str]:

@@ -28,6 +28,8 @@ def test_shipped_params_are_the_lab_defaults():
     assert (p.train.epochs, p.train.batch_size, p.train.validation_split, p.train.seed) == (2, 32, 0.1, 0)
     assert p.train.learning_rate == 0.001 and p.train.clipnorm is None and p.train.trainer == "fused"
     assert p.train.lazy_adam is False  # Keras' Adam over every embedding row, as the lab
+    assert p.baseline == params.BaselineParams(model="linear_svc", sublinear_tf=True, max_df=0.5, stop_words="english",
+                                               max_features=None, C=1.0, seed=0)
 
 
 def _with(raw: dict, dotted: str, value) -> dict:
@@ -70,6 +72,15 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("data.label_column", "text", "a column other than data.text_column's"),
         ("data.source", "data", "a path apart from the pipeline's output data/corpus/"),
         ("data.source", "./metrics/old.csv", "a path apart from the pipeline's output metrics/"),
+        ("baseline.model", "svm", "one of linear_svc, logistic_regression, complement_nb"),
+        ("baseline.sublinear_tf", 1, "true or false"),
+        ("baseline.max_df", 0, "a number in (0.0, 1.0]"),
+        ("baseline.max_df", 2, "a number in (0.0, 1.0]"),
+        ("baseline.stop_words", "french", "null or one of english"),
+        ("baseline.max_features", 0, "null or an integer >= 1"),
+        ("baseline.C", 0, "a number in (0.0, inf)"),
+        ("baseline.C", ".5", "a number in (0.0, inf)"),
+        ("baseline.seed", -1, "an integer >= 0"),
     ],
 )
 def test_bad_value_names_key_value_and_rule(raw, key, value, allowed):
@@ -99,6 +110,12 @@ def test_lazy_adam_needs_the_fused_trainer(raw):
         params.parse(_with(lazy, "train.trainer", "keras"))
     assert str(caught.value).endswith("train.lazy_adam = true: must be false while train.trainer is keras "
                                       "(Keras has no lazy Adam; it needs train.trainer: fused)")
+
+
+def test_baseline_takes_no_stop_words_and_every_term_too(raw):
+    changed = _with(_with(_with(raw, "baseline.stop_words", None), "baseline.max_df", 1), "baseline.max_features", 500)
+    parsed = params.parse(changed).baseline
+    assert (parsed.stop_words, parsed.max_df, parsed.max_features) == (None, 1.0, 500)
 
 
 def test_missing_key_is_named(raw):

@@ -5,14 +5,12 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from tests.dvc_project import ROOT, SMALL_PARAMS, Project, make_project, small, stages_run
+from tests.dvc_project import SMALL_PARAMS, Project, make_project, project_stages, small, stages_run
 from tests.small_archive import build_archive
 
 DATA_STAGES = ("fetch", "tokenize", "pad")
@@ -69,14 +67,6 @@ def clean(trained) -> Project:
     trained.run("git", "clean", "-qfd")
     trained.dvc("checkout", "-q", "--force")
     return trained
-
-
-def project_stages(seeds: Sequence[int] = SMALL_PARAMS["train.seeds"]) -> list[str]:
-    """dvc.yaml's stages, each training stage once per seed (its matrix)."""
-    names = []
-    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        names += [f"{name}@{seed}" for seed in seeds] if "matrix" in stage else [name]
-    return names
 
 
 def test_second_repro_runs_nothing(clean):

@@ -47,6 +47,9 @@ FAKE_METRICS = {
 
 FAKE_FETCH = {"source": "data/20news-bydate.tar.gz", "kind": "archive", "classes": 20,
               "train": {"documents": 11314}, "test": {"documents": 7532}}
+FAKE_BASELINE = {"model": "linear_svc", "name": "TF-IDF + LinearSVC", "test_accuracy": 0.861259,
+                 "test_macro_f1": 0.854397, "fit_seconds": 6.31, "vocabulary_size": 129791, "train_documents": 11314,
+                 "test_documents": 7532}
 
 
 def fake_history(metrics: dict) -> pd.DataFrame:
@@ -141,7 +144,7 @@ def write_fake_png(path: Path) -> None:
 
 def write_fake_run(root: Path, cell_in_params: str = "lstm", shifts: dict | None = None) -> None:
     """The train stages' outputs for every seed of SEEDS (`shifts`: {cell: {seed: shift}} instead of
-    SEED_SHIFTS) and the gradients stage's, plus params.yaml, under `root`."""
+    SEED_SHIFTS), the baseline's and the gradients stage's, plus params.yaml, under `root`."""
     for number, cell in enumerate(artifacts.CELLS):
         for seed in SEEDS:
             metrics = seed_metrics(cell, seed, None if shifts is None else shifts[cell][seed])
@@ -150,6 +153,7 @@ def write_fake_run(root: Path, cell_in_params: str = "lstm", shifts: dict | None
             artifacts.write_table(root / artifacts.predictions_path(cell, seed), fake_predictions(10 * seed + number))
     artifacts.write_json(root / artifacts.metrics_path("gradients"), fake_gradients())
     artifacts.write_json(root / artifacts.metrics_path("fetch"), FAKE_FETCH)
+    artifacts.write_json(root / artifacts.BASELINE_METRICS, FAKE_BASELINE)
     for name in ("gradient_flow", "exploding"):
         write_fake_png(root / artifacts.gradient_figure_path(name))
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
@@ -194,7 +198,7 @@ def test_report_json_holds_the_selected_cells_means_then_the_aggregates(built):
     assert written["seeds"] == len(SEEDS)
     assert {key: written[key] for key in list(written)[2:7]} == pytest.approx(
         {key: FAKE_METRICS[cell][key] for key in list(written)[2:7]}, abs=1e-6)
-    assert list(written)[7:] == ["cells", "gru_minus_lstm", "verdict", "trained_with", "per_seed"]
+    assert list(written)[7:] == ["cells", "gru_minus_lstm", "verdict", "trained_with", "per_seed", "baseline"]
     assert written["trained_with"] == {"lstm": "native", "gru": "native"}
 
 
@@ -251,6 +255,59 @@ def test_markdown_shows_both_cells_and_the_lab_reference(built):
         f"| Test loss | {lstm['test_loss']:.4f} | {gru['test_loss']:.4f} | — | — |"
     assert f"## Selected cell: {cell.upper()}" in markdown
     assert "≈ 50" in markdown
+
+
+def test_the_baseline_stands_beside_the_cells(built):
+    cell, root = built
+    written = json.loads((root / artifacts.REPORT_METRICS).read_text(encoding="utf-8"))["baseline"]
+    gap = {key: FAKE_METRICS[cell][key] - FAKE_BASELINE[key] for key in ("test_accuracy", "test_macro_f1")}
+    assert written == {"model": "linear_svc", "name": "TF-IDF + LinearSVC", "test_accuracy": 0.861259,
+                       "test_macro_f1": 0.854397, "selected_minus_baseline": pytest.approx(gap, abs=1e-6)}
+    markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    section = markdown.split("## Against the classical baseline\n\n", 1)[1].split("\n## ", 1)[0].rstrip()
+    assert section.startswith(f"**TF-IDF + LinearSVC: test accuracy 0.8613, macro-F1 0.8544; the selected "
+                              f"{cell.upper()}'s mean over 3 seeds is {-gap['test_accuracy']:.4f} lower in test "
+                              f"accuracy and {-gap['test_macro_f1']:.4f} lower in macro-F1.**\n\n")
+    assert "TF-IDF of 129,791 terms from the 11,314 training documents), fitted in 6.3 s" in section
+    lstm, gru = FAKE_METRICS["lstm"], FAKE_METRICS["gru"]
+    assert section.endswith(
+        "|  | Test accuracy | Test macro-F1 |\n| --- | ---: | ---: |\n"
+        "| TF-IDF + LinearSVC | 0.8613 | 0.8544 |\n"
+        f"| LSTM{' (selected)' if cell == 'lstm' else ''}, mean over 3 seeds | {lstm['test_accuracy']:.4f} | "
+        f"{lstm['test_macro_f1']:.4f} |\n"
+        f"| GRU{' (selected)' if cell == 'gru' else ''}, mean over 3 seeds | {gru['test_accuracy']:.4f} | "
+        f"{gru['test_macro_f1']:.4f} |")
+    # the section sits after the side-by-side table, before the training curves
+    assert markdown.index("## LSTM and GRU side by side") < markdown.index("## Against the classical baseline") \
+        < markdown.index("## Training")
+
+
+def test_a_baseline_ahead_or_level_is_said_so(run_dir):
+    artifacts.write_json(artifacts.BASELINE_METRICS, {**FAKE_BASELINE, "name": "TF-IDF + complement naive Bayes",
+                                                      "model": "complement_nb", "test_accuracy": 0.4771,
+                                                      "test_macro_f1": FAKE_METRICS["lstm"]["test_macro_f1"]})
+    report_stage.write_report("lstm", SEEDS)
+    markdown = artifacts.REPORT_MD.read_text(encoding="utf-8")
+    assert ("**TF-IDF + complement naive Bayes: test accuracy 0.4771, macro-F1 0.4712; the selected LSTM's mean "
+            "over 3 seeds is 0.0100 higher in test accuracy and level in macro-F1.**") in markdown
+
+
+@pytest.mark.parametrize("changed, expected", [
+    ({"test_accuracy": 1.5}, "test_accuracy = 1.5 is not a number in [0, 1]"),
+    ({"test_macro_f1": None}, "test_macro_f1 = None is not a number in [0, 1]"),
+    ({"fit_seconds": "fast"}, "fit_seconds = 'fast' is not a number of seconds"),
+    ({"vocabulary_size": 12.5}, "vocabulary_size = 12.5 is not a whole number"),
+    ({"name": None, "model": None, "test_accuracy": None, "test_macro_f1": None, "fit_seconds": None,
+      "vocabulary_size": None, "train_documents": None}, "is not a number in [0, 1]"),
+])
+def test_corrupt_baseline_metrics_is_a_one_line_user_error(run_dir, changed, expected):
+    artifacts.write_json(artifacts.BASELINE_METRICS, {**FAKE_BASELINE, **changed})
+    with pytest.raises(UserError, match=re.escape(expected)) as error:
+        report_stage.write_report("lstm", SEEDS)
+    assert "\n" not in str(error.value) and "dvc repro baseline" in str(error.value)
+    artifacts.write_json(artifacts.BASELINE_METRICS, {key: FAKE_BASELINE[key] for key in ("name", "test_accuracy")})
+    with pytest.raises(UserError, match="missing keys model, test_macro_f1, fit_seconds"):
+        report_stage.write_report("lstm", SEEDS)
 
 
 def test_another_corpus_is_named_and_left_without_the_labs_figures(run_dir):
@@ -339,6 +396,7 @@ def test_run_without_validation_figures_shows_dashes(run_dir):
     (artifacts.metrics_path("gradients"), "gradients"),
     (artifacts.gradient_figure_path("exploding"), "gradients"),
     (artifacts.metrics_path("fetch"), "fetch"),
+    (artifacts.BASELINE_METRICS, "baseline"),
 ])
 def test_missing_input_is_a_one_line_user_error(run_dir, missing, stage):
     missing.unlink()

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from tests.dvc_project import ROOT, Project, make_project, small
+from tests.dvc_project import Project, make_project, project_stages, small
 from tests.user_corpus import CLASSES, documents, frame, write_folder, write_table
 
 pytestmark = pytest.mark.slow  # two full `dvc repro` runs, about a minute each on 2 cores
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.slow  # two full `dvc repro` runs, about a minute each 
 # not how well the model learns.
 TINY = small(**{"train.epochs": 1, "tokenize.num_words": 200, "pad.maxlen": 20, "gradients.cells": ["lstm"],
                 "gradients.seq_lengths": [5, 10], "gradients.samples": 4})
-ALL_STAGES = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+ALL_STAGES = set(project_stages())  # TINY keeps SMALL_PARAMS' train.seeds
 DATA_STAGES = {"fetch", "tokenize", "pad"}
 CORPUS_OUTPUTS = ("data/corpus/train.parquet", "data/corpus/test.parquet", "metrics/fetch.json")
 
