@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
+import tomllib
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
 
-from tests.dvc_project import Project, make_project, small, stages_run
+from tests.dvc_project import ROOT, Project, make_project, small, stages_run
 from tests.dvc_queue import end_workers, experiments, metric, queue, run_queue
 from tests.small_archive import GROUPS
 
@@ -162,6 +164,14 @@ def clone(source: Path, path: Path, env: dict) -> Project:
     return project
 
 
+def console_script(name: str) -> list[str]:
+    """The command behind a console script as this checkout's pyproject.toml declares it, run on the
+    project copy's own code (the working folder comes first on `python -c`'s path): what `pip install`
+    makes of the script here, whichever checkout the environment happens to have installed."""
+    module, function = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"][name].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
 def without_credentials(env: dict) -> dict:
     return {name: value for name, value in env.items()
             if name not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
@@ -198,7 +208,7 @@ def test_teammate_gets_trained_models_without_training(alice, s3, tmp_path):
     for model in ("models/lstm.keras", "models/gru.keras"):
         assert (bob.path / model).read_bytes() == (alice.path / model).read_bytes()
 
-    predicted = bob.run("lstm-vs-gru-predict", "--json", "the goalie stopped the puck in the playoffs")
+    predicted = bob.run(*console_script("lstm-vs-gru-predict"), "--json", "the goalie stopped the puck in the playoffs")
     top = json.loads(predicted.stdout.strip().splitlines()[-1])["top"]
     assert top[0]["group"] in GROUPS and 0 < top[0]["probability"] <= 1
 
