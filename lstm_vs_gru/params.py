@@ -266,16 +266,17 @@ def _section(path: Path, name: str, raw: Any, cls: type, checks: dict[str, Calla
     for key in raw:
         if key not in checks:
             raise _fail(path, f"{name}.{key}", raw[key], "absent: unknown key (known: " + ", ".join(checks) + ")")
-    values = {}
-    for key, check in checks.items():
-        value = raw.get(key, _MISSING)
-        try:
-            if value is _MISSING:
-                raise ValueError(_allowed_hint(check))
-            values[key] = check(value)
-        except ValueError as error:
-            raise _fail(path, f"{name}.{key}", value, str(error)) from None
-    return cls(**values)
+    return cls(**{key: _checked(path, f"{name}.{key}", raw.get(key, _MISSING), check) for key, check in checks.items()})
+
+
+def _checked(path: Path, key: str, value: Any, check: Callable[[Any], Any]) -> Any:
+    """check(value), or a ParamError naming the key, the value (or its absence) and what is allowed."""
+    try:
+        if value is _MISSING:
+            raise ValueError(_allowed_hint(check))
+        return check(value)
+    except ValueError as error:
+        raise _fail(path, key, value, str(error)) from None
 
 
 def _allowed_hint(check: Callable[[Any], Any]) -> str:
@@ -295,15 +296,7 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
     for key in raw:
         if key not in known:
             raise _fail(path, str(key), raw[key], "absent: unknown key (known: " + ", ".join(sorted(known)) + ")")
-    top = {}
-    for key, check in TOP_LEVEL.items():
-        value = raw.get(key, _MISSING)
-        try:
-            if value is _MISSING:
-                raise ValueError(_allowed_hint(check))
-            top[key] = check(value)
-        except ValueError as error:
-            raise _fail(path, key, value, str(error)) from None
+    top = {key: _checked(path, key, raw.get(key, _MISSING), check) for key, check in TOP_LEVEL.items()}
     sections = {name: _section(path, name, raw.get(name), cls, checks) for name, (cls, checks) in SCHEMA.items()}
     _check_data(path, sections["data"])
     train = sections["train"]
