@@ -266,7 +266,8 @@ def _section(path: Path, name: str, raw: Any, cls: type, checks: dict[str, Calla
     for key in raw:
         if key not in checks:
             raise _fail(path, f"{name}.{key}", raw[key], "absent: unknown key (known: " + ", ".join(checks) + ")")
-    return cls(**{key: _checked(path, f"{name}.{key}", raw.get(key, _MISSING), check) for key, check in checks.items()})
+    return cls(**{key: _checked(path, f"{name}.{key}", raw.get(key, _MISSING), check)
+                  for key, check in checks.items()})
 
 
 def _checked(path: Path, key: str, value: Any, check: Callable[[Any], Any]) -> Any:
