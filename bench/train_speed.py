@@ -2,7 +2,7 @@
 
     python bench/train_speed.py [--epochs 2] [--seeds 0 1 2] [--cells lstm gru] [--data data/padded]
                                 [--threads N] [--lazy-adam] [--compile-cache off|warm] [--check]
-                                [--out bench/results/train_speed.json]
+                                [--params-set configs/tuned.yaml] [--out bench/results/train_speed.json]
 
 Every training run is a fresh Python process (clean TensorFlow state, its own peak RSS), and the runs
 alternate reference, ours, reference, ours for each cell and seed, so that the load of other processes on
@@ -67,12 +67,21 @@ def lab_model(cell: str, num_words: int, maxlen: int, n_classes: int, model_para
     ])
 
 
+def is_lab_architecture(model_params: Any) -> bool:
+    return (model_params.bidirectional, model_params.layers, model_params.pooling, model_params.spatial_dropout) == (
+        False, 1, "max", 0.0)
+
+
 def train_reference(cell: str, seed: int, data: dict[str, Any], params: Any) -> tuple[Any, list[dict[str, Any]]]:
-    """The lab's code path: stock compile, plain model.fit on one-hot labels."""
+    """The lab's code path: stock compile, plain model.fit on one-hot labels. With levers beyond the lab
+    (`--params-set`), the pipeline's model is built, then compiled and fitted the same plain way."""
     import keras
 
+    from lstm_vs_gru.model import build_model
+
     keras.utils.set_random_seed(seed)
-    model = lab_model(cell, params.tokenize.num_words, data["x_train"].shape[1], data["n_classes"], params.model)
+    build = lab_model if is_lab_architecture(params.model) else build_model
+    model = build(cell, params.tokenize.num_words, data["x_train"].shape[1], data["n_classes"], params.model)
     model.compile(loss="categorical_crossentropy", optimizer=keras.optimizers.Adam(params.train.learning_rate),
                   metrics=["accuracy"])
     history: list[dict[str, Any]] = []
@@ -138,18 +147,38 @@ def configure_threads(threads: int | None) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
+def bench_params(params_set: Path | None) -> Any:
+    """params.yaml, with a parameter-set file (configs/tuned.yaml) applied if given."""
+    from lstm_vs_gru.cli.set_params import params_with
+    from lstm_vs_gru.params import load
+
+    return load(ROOT / "params.yaml") if params_set is None else params_with(params_set, ROOT / "params.yaml")
+
+
+def padded_from_tokens(tokens_dir: Path, params: Any) -> dict[str, np.ndarray]:
+    """The arrays of load_arrays, padded here from the tokenize stage's output as params.pad says."""
+    from lstm_vs_gru.tokenizer import pad
+
+    out = {}
+    for split in ("train", "test"):
+        with np.load(tokens_dir / f"{split}.npz", allow_pickle=False) as arrays:
+            out[f"x_{split}"] = pad(arrays["ids"], arrays["offsets"], params.pad.maxlen, params.pad.padding,
+                                    params.pad.truncating).astype(np.int32)
+            out[f"y_{split}"] = arrays["labels"].astype(np.int32)
+            out["n_classes"] = len(arrays["groups"])
+    return out
+
+
 def run_one(kind: str, cell: str, seed: int, data_dir: Path, epochs: int | None, threads: int | None,
-            lazy_adam: bool = False) -> dict[str, Any]:
+            lazy_adam: bool = False, params_set: Path | None = None) -> dict[str, Any]:
     """Train one model in this process and return its figures."""
     from dataclasses import replace
 
-    from lstm_vs_gru.params import load
-
-    params = load(ROOT / "params.yaml")
+    params = bench_params(params_set)
     params = replace(params, train=replace(params.train, lazy_adam=lazy_adam,  # the flag, not params.yaml, decides
                                            **({} if epochs is None else {"epochs": epochs})))
     configure_threads(threads)
-    data = load_arrays(data_dir)
+    data = load_arrays(data_dir) if params_set is None else padded_from_tokens(ROOT / "data" / "tokens", params)
     started = time.perf_counter()
     model, history = (train_reference if kind == "reference" else train_ours)(cell, seed, data, params)
     fit_seconds = time.perf_counter() - started
@@ -236,6 +265,8 @@ def child_command(args: argparse.Namespace, kind: str, cell: str, seed: int) -> 
         command += ["--threads", str(args.threads)]
     if args.lazy_adam:
         command += ["--lazy-adam"]
+    if args.params_set is not None:
+        command += ["--params-set", str(args.params_set)]
     if kind == "ours" and args.compile_cache == "warm":
         command += ["--compile-cache", "warm"]
     return command
@@ -327,6 +358,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile-cache", choices=("off", "warm"), default="off",
                         help="warm: ours loads XLA's compiled programs from a cache primed by an untimed run, as "
                              "`dvc repro` does after its first run (lstm_vs_gru.fused.compile_cache); off: ours compiles")
+    parser.add_argument("--params-set", type=Path, default=None,
+                        help="a parameter-set file applied to params.yaml (configs/tuned.yaml); the arrays are then "
+                             "padded from data/tokens as it says, and the reference fits the same model by model.fit")
     parser.add_argument("--check-steps", type=int, default=3)
     parser.add_argument("--run", choices=("reference", "ours"), help=argparse.SUPPRESS)  # child mode
     return parser.parse_args(argv)
@@ -337,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.run:
         if args.compile_cache == "warm" and compile_cache.enable() is None:  # its folder: from the parent
             raise SystemExit(f"the compile cache in {compile_cache.CACHE_ENV} is not usable")
-        result = run_one(args.run, args.cells[0], args.seeds[0], args.data, args.epochs, args.threads, args.lazy_adam)
+        result = run_one(args.run, args.cells[0], args.seeds[0], args.data, args.epochs, args.threads, args.lazy_adam,
+                         args.params_set)
         print_result(result)
         return
     if args.check:

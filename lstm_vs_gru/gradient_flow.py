@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from lstm_vs_gru import artifacts, training
 from lstm_vs_gru.errors import UserError
-from lstm_vs_gru.model import RECURRENT_CELLS
+from lstm_vs_gru.model import RECURRENT_CELLS, load_model
 from lstm_vs_gru.params import Params
 from lstm_vs_gru.tokenizer import pad
 
@@ -156,16 +156,18 @@ def at_length(cell: str, weights: Sequence[np.ndarray], p: Params, length: int, 
 
 def split_model(model: "keras.Model", readout: str = "max_pool") -> tuple["keras.layers.Layer", "keras.Model"]:
     """The embedding layer, and a model of every layer after it taking the embedded sequence,
-    sharing the original's weights. readout="last_state" replaces the global max pooling by the
-    last step's output, so the head sees the final hidden state only."""
+    sharing the original's weights. readout="last_state" pools the last step's output alone, so the
+    head sees the final hidden state only ("max_pool" names the model's own pooling, max in the lab)."""
     if readout not in READOUTS:
         raise ValueError(f"unknown readout {readout!r}: expected one of {', '.join(READOUTS)}")
     _, keras = _tf()
-    embedding, pool = model.get_layer("embedding"), model.get_layer("max_pool")
+    embedding = model.get_layer("embedding")
+    pool = next(layer for layer in model.layers if layer.name.endswith("_pool"))  # model.pooling's layer
     embedded = keras.Input(shape=tuple(embedding.output.shape[1:]), dtype=embedding.compute_dtype)
     outputs = embedded
     for layer in model.layers[model.layers.index(embedding) + 1:]:
-        outputs = outputs[:, -1, :] if layer is pool and readout == "last_state" else layer(outputs)
+        # last_state: the pooling of the last step alone (for max pooling, the last state itself)
+        outputs = layer(outputs[:, -1:, :] if layer is pool and readout == "last_state" else outputs)
     return embedding, keras.Model(embedded, outputs, name=f"{model.name}_{readout}_after_embedding")
 
 
@@ -212,7 +214,7 @@ def load_trained_weights(cell: str, p: Params, n_classes: int) -> list[np.ndarra
     path = artifacts.model_path(cell, p.train.seed)
     rerun = f"re-run `dvc repro train_{cell}@{p.train.seed}`"
     try:
-        weights = keras.saving.load_model(path, compile=False).get_weights()
+        weights = load_model(path).get_weights()
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
         raise UserError(f"{path}: not a readable Keras model ({' '.join(str(error).split())[:200]}): {rerun}") from None
     try:
@@ -229,7 +231,7 @@ def train_simple_rnn(p: Params, padded: training.Split) -> tuple[list[np.ndarray
     LSTM and GRU only: its weights and one history row per epoch."""
     model = fresh_model("simple_rnn", p, padded.x.shape[1], len(padded.groups))
     keras_training = replace(p.train, trainer="keras")
-    training.compile_model(model, keras_training)
+    training.compile_model(model, keras_training, training.steps_per_epoch(len(padded.x), keras_training))
     history = training.fit(model, padded.x, padded.y, keras_training)
     return model.get_weights(), history
 
@@ -238,8 +240,11 @@ def scale_recurrent_kernel(weights: Sequence[np.ndarray], p: Params, n_classes: 
                            length: int) -> list[np.ndarray]:
     """The plain RNN's weights with its recurrent kernel (R in the report) multiplied by `scale`."""
     model = at_length("simple_rnn", weights, p, length, n_classes)
-    kernel = model.get_layer("simple_rnn").cell.recurrent_kernel
-    kernel.assign(np.asarray(kernel.numpy()) * scale)
+    layer = model.get_layer("simple_rnn")
+    directions = (layer.forward_layer, layer.backward_layer) if hasattr(layer, "forward_layer") else (layer,)
+    for direction in directions:  # model.bidirectional: both directions' kernels
+        kernel = direction.cell.recurrent_kernel
+        kernel.assign(np.asarray(kernel.numpy()) * scale)
     return model.get_weights()
 
 
@@ -425,7 +430,8 @@ def gradient_metrics(p: Params, sample: Sample, m: Measurements, n_classes: int)
     return {
         "sizes": {"num_words": p.tokenize.num_words, "embedding_dim": p.model.embedding_dim,
                   "units": p.model.units, "dense_units": p.model.dense_units, "n_classes": n_classes,
-                  "gru_reset_after": p.model.gru_reset_after},
+                  "gru_reset_after": p.model.gru_reset_after, "bidirectional": p.model.bidirectional,
+                  "layers": p.model.layers, "pooling": p.model.pooling, "spatial_dropout": p.model.spatial_dropout},
         "params": m.params,
         "sample": {"documents": int(len(sample.indices)), "min_tokens": max(p.gradients.seq_lengths),
                    **{f"full_L{length}": int((sample.token_counts >= length).sum())

@@ -1,4 +1,5 @@
-"""The lab's text classifier, its parameter count from the formula, and the seed setup.
+"""The text classifier (the lab's by default; model.* params add the levers beyond it), its parameter count
+from the formula, and the seed setup.
 
 Keras and TensorFlow are imported inside the functions that need them, never at module
 level: the report and other non-training stages import `expected_param_count` from here,
@@ -10,7 +11,7 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from lstm_vs_gru.params import ModelParams
+from lstm_vs_gru.params import POOLING_CHOICES, ModelParams
 
 if TYPE_CHECKING:  # only for annotations; never imported at run time
     import keras
@@ -43,14 +44,37 @@ def _dense_count(inputs: int, outputs: int) -> int:
 def expected_param_count(cell: str, num_words: int, model_params: ModelParams, n_classes: int) -> int:
     """Parameters of `build_model(cell, num_words, _, n_classes, model_params)`, without Keras.
 
-    Embedding V*E + recurrent layer + Dense(dense_units) + Dense(n_classes); pooling and
-    dropout have no weights, and maxlen does not change the count."""
-    embedding = num_words * model_params.embedding_dim
-    recurrent = recurrent_param_count(cell, model_params.embedding_dim, model_params.units,
-                                      model_params.gru_reset_after)
-    hidden = _dense_count(model_params.units, model_params.dense_units)
-    output = _dense_count(model_params.dense_units, n_classes)
-    return embedding + recurrent + hidden + output
+    Embedding V*E + the recurrent layers (twice each when bidirectional) + the pooling's (attention: a
+    score vector) + Dense(dense_units) + Dense(n_classes); dropout has no weights, and maxlen
+    does not change the count."""
+    m = model_params
+    directions = 2 if m.bidirectional else 1
+    features = directions * m.units
+    recurrent = sum(directions * recurrent_param_count(cell, m.embedding_dim if layer == 0 else features, m.units,
+                                                       m.gru_reset_after)
+                    for layer in range(m.layers))
+    pooled = 2 * features if m.pooling == "max_mean" else features
+    pooling = features if m.pooling == "attention" else 0
+    hidden = _dense_count(pooled, m.dense_units)
+    output = _dense_count(m.dense_units, n_classes)
+    return num_words * m.embedding_dim + recurrent + pooling + hidden + output
+
+
+POOLING_NAMES = {"max": "global max pooling", "mean": "global mean pooling", "max_mean": "global max + mean pooling",
+                 "attention": "attention pooling"}
+
+
+def describe(model_params: ModelParams | None, n_classes: int) -> str:
+    """The classifier's chain of layers in words; None or the defaults give the lab's: "Embedding → LSTM/GRU →
+    global max pooling → dropout → dense → dropout → 20-way softmax"."""
+    bidirectional, layers, pooling, spatial_dropout = (
+        (False, 1, "max", 0.0) if model_params is None else
+        (model_params.bidirectional, model_params.layers, model_params.pooling, model_params.spatial_dropout))
+    recurrent = ("bidirectional " if bidirectional else "") + "LSTM/GRU"
+    chain = ["Embedding", *(["spatial dropout"] if spatial_dropout else []),
+             f"{layers} × {recurrent}" if layers > 1 else recurrent,
+             POOLING_NAMES[pooling], "dropout", "dense", "dropout", f"{n_classes}-way softmax"]
+    return " → ".join(chain)
 
 
 def _keras() -> ModuleType:
@@ -76,19 +100,48 @@ def recurrent_layer(cell: str, units: int, *, reset_after: bool = True, return_s
 
 def build_model(cell: str, num_words: int, maxlen: int, n_classes: int,
                 model_params: ModelParams) -> "keras.Model":
-    """The lab's classifier: Embedding -> RNN(return_sequences) -> GlobalMaxPool1D ->
-    Dropout -> Dense(relu) -> Dropout -> Dense(n_classes, softmax). Not compiled."""
+    """The classifier, one chain of layers: Embedding -> [SpatialDropout1D] -> RNN(return_sequences), `layers`
+    deep, each [Bidirectional] -> pooling over time -> Dropout -> Dense(relu) -> Dropout -> Dense(n_classes,
+    softmax). The defaults (1 layer, one direction, max pooling, no spatial dropout) are the lab's model, layer
+    for layer and name for name. Not compiled."""
     _check_cell(cell)
     keras = _keras()  # lazy: see the module docstring
+    m = model_params
     tokens = keras.Input(shape=(maxlen,), dtype="int32", name="tokens")
-    x = keras.layers.Embedding(num_words, model_params.embedding_dim, name="embedding")(tokens)
-    x = recurrent_layer(cell, model_params.units, reset_after=model_params.gru_reset_after)(x)
-    x = keras.layers.GlobalMaxPooling1D(name="max_pool")(x)
-    x = keras.layers.Dropout(model_params.dropout, name="dropout_pooled")(x)
-    x = keras.layers.Dense(model_params.dense_units, activation="relu", name="hidden")(x)
-    x = keras.layers.Dropout(model_params.dropout, name="dropout_hidden")(x)
+    x = keras.layers.Embedding(num_words, m.embedding_dim, name="embedding")(tokens)
+    if m.spatial_dropout:
+        x = keras.layers.SpatialDropout1D(m.spatial_dropout, name="spatial_dropout")(x)
+    for layer in range(m.layers):
+        name = cell if layer == 0 else f"{cell}_{layer + 1}"
+        recurrent = recurrent_layer(cell, m.units, reset_after=m.gru_reset_after,
+                                    name=f"{name}_forward" if m.bidirectional else name)
+        x = (keras.layers.Bidirectional(recurrent, name=name) if m.bidirectional else recurrent)(x)
+    x = pooling_layer(m.pooling)(x)
+    x = keras.layers.Dropout(m.dropout, name="dropout_pooled")(x)
+    x = keras.layers.Dense(m.dense_units, activation="relu", name="hidden")(x)
+    x = keras.layers.Dropout(m.dropout, name="dropout_hidden")(x)
     probabilities = keras.layers.Dense(n_classes, activation="softmax", name="output")(x)
     return keras.Model(tokens, probabilities, name=f"{cell}_classifier")
+
+
+def pooling_layer(pooling: str) -> "keras.layers.Layer":
+    """The layer that turns the recurrent sequence into one vector, named `{pooling}_pool`."""
+    keras = _keras()
+    from lstm_vs_gru import pooling as custom  # imports Keras: only here, when a model is built
+
+    kinds = {"max": keras.layers.GlobalMaxPooling1D, "mean": keras.layers.GlobalAveragePooling1D,
+             "max_mean": custom.GlobalMaxMeanPooling1D, "attention": custom.AttentionPooling1D}
+    if pooling not in kinds:
+        raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLING_CHOICES)}")
+    return kinds[pooling](name=f"{pooling}_pool")
+
+
+def load_model(path: "str | os.PathLike[str]") -> "keras.Model":
+    """A saved classifier, uncompiled, whichever pooling layer it holds."""
+    keras = _keras()
+    import lstm_vs_gru.pooling  # noqa: F401  registers the custom pooling layers with Keras
+
+    return keras.saving.load_model(path, compile=False)
 
 
 def seed_everything(seed: int) -> None:

@@ -18,6 +18,8 @@ REMOVE_CHOICES = ("headers", "footers", "quotes")
 SIDE_CHOICES = ("pre", "post")
 CELL_CHOICES = ("lstm", "gru")
 GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
+POOLING_CHOICES = ("max", "mean", "max_mean", "attention")  # lstm_vs_gru.model.pooling_layer
+LR_SCHEDULE_CHOICES = ("constant", "cosine")  # lstm_vs_gru.training.learning_rate
 TRAINER_CHOICES = ("fused", "keras")  # lstm_vs_gru.fused.trainer.fast_fit, or Keras's own model.fit
 BASELINE_MODEL_CHOICES = ("linear_svc", "logistic_regression", "complement_nb")  # lstm_vs_gru.baseline.CLASSIFIERS
 STOP_WORDS_CHOICES = ("english",)  # scikit-learn's built-in list
@@ -81,6 +83,11 @@ class ModelParams:
     dense_units: int
     dropout: float
     gru_reset_after: bool
+    # the levers beyond the lab (params.yaml documents each); these defaults are the lab's model
+    bidirectional: bool = False
+    layers: int = 1
+    pooling: str = "max"
+    spatial_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class TrainParams:
     clipnorm: float | None
     trainer: str
     lazy_adam: bool
+    lr_schedule: str = "constant"
+    early_stopping: int | None = None  # patience in epochs; None: train every epoch
     # The seed one training run uses: the first of `seeds` unless a stage trains another (`with_seed`).
     seed: int = 0
 
@@ -228,6 +237,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
     "model": (ModelParams, {
         "embedding_dim": _int(1), "units": _int(1), "dense_units": _int(1),
         "dropout": _float(0.0, 1.0, high_open=True), "gru_reset_after": _bool,
+        "bidirectional": _bool, "layers": _int(1), "pooling": _choice(POOLING_CHOICES),
+        "spatial_dropout": _float(0.0, 1.0, high_open=True),
     }),
     "train": (TrainParams, {
         "epochs": _int(1), "batch_size": _int(1),
@@ -237,6 +248,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "clipnorm": _optional(_float(0.0, math.inf, low_open=True, high_open=True)),
         "trainer": _choice(TRAINER_CHOICES),
         "lazy_adam": _bool,
+        "lr_schedule": _choice(LR_SCHEDULE_CHOICES),
+        "early_stopping": _optional(_int(1)),
     }),
     "gradients": (GradientsParams, {
         "cells": _subset(GRADIENT_CELL_CHOICES, nonempty=True), "seq_lengths": _int_list(2),
@@ -252,8 +265,13 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
 TOP_LEVEL = {"cell": _choice(CELL_CHOICES)}
 
 
+def flow_yaml(value: Any) -> str:
+    """A value as one line of YAML (flow style), as params.yaml or a `dvc exp run -S` option would hold it."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
 def _fail(path: Path, key: str, value: Any, allowed: str) -> ParamError:
-    shown = "missing" if value is _MISSING else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    shown = "missing" if value is _MISSING else flow_yaml(value)
     return ParamError(f"{path}: {key} = {shown}: must be {allowed}")
 
 
@@ -308,6 +326,9 @@ def parse(raw: Any, path: Path = PARAMS) -> Params:
     if train.lazy_adam and train.trainer != "fused":
         raise _fail(path, "train.lazy_adam", train.lazy_adam, f"false while train.trainer is {train.trainer} "
                     "(Keras has no lazy Adam; it needs train.trainer: fused)")
+    if train.early_stopping is not None and train.validation_split == 0:
+        raise _fail(path, "train.early_stopping", train.early_stopping, "null while train.validation_split is 0 "
+                    "(early stopping watches val_accuracy)")
     sections["train"] = train.with_seed(train.seeds[0])
     return Params(**top, **sections)
 
@@ -331,16 +352,20 @@ def _check_data(path: Path, data: DataParams) -> None:
             raise _fail(path, "data.source", data.source, f"a path apart from the pipeline's output {folder}/")
 
 
+def read_yaml(path: Path, missing: str = "not found") -> Any:
+    """A YAML file's contents; ParamError in one line where it is missing (`missing` says so) or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: {missing}") from None
+    except yaml.YAMLError as error:
+        raise ParamError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
 def load(path: str | Path = PARAMS) -> Params:
     """Read and validate params.yaml; raises ParamError with a one-line message."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamError(f"{path}: not found (run from the project root)") from None
-    except yaml.YAMLError as error:
-        raise ParamError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
-    return parse(raw, path)
+    return parse(read_yaml(path, "not found (run from the project root)"), path)
 
 
 def as_dict(params: Any) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from lstm_vs_gru import artifacts, params, stats, training
 from lstm_vs_gru.artifacts import is_finite_number
 from lstm_vs_gru.errors import UserError
+from lstm_vs_gru.model import describe
+from lstm_vs_gru.params import ModelParams
 
 METRIC_KEYS = (
     "cell", "seed", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy",
@@ -471,9 +473,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> s
     return "\n".join("| " + " | ".join(cells) + " |" for cells in (header, rule, *rows))
 
 
-def title_section(corpus: CorpusInfo) -> str:
-    model = ("Embedding → LSTM/GRU → global max pooling → dropout → dense → dropout → "
-             f"{corpus.classes}-way softmax, ")
+def title_section(corpus: CorpusInfo, model_params: ModelParams | None = None) -> str:
+    """The title and the classifier's layers (model_params: the lab's when None)."""
+    model = describe(model_params, corpus.classes) + ", "
     if corpus.is_lab:
         return ("# LSTM vs GRU on 20 Newsgroups\n\n" + model
                 + "trained on the 20news-bydate train split and scored on its test split.")
@@ -699,11 +701,13 @@ def _param_rows(gradients: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     sizes = gradients["sizes"]
     e, u, reset_after = sizes["embedding_dim"], sizes["units"], sizes["gru_reset_after"]
-    model_params = params.ModelParams(embedding_dim=e, units=u, dense_units=sizes["dense_units"], dropout=0.0,
-                                      gru_reset_after=reset_after)
+    levers = {key: sizes[key] for key in ("bidirectional", "layers", "pooling", "spatial_dropout") if key in sizes}
+    model_params = ModelParams(embedding_dim=e, units=u, dense_units=sizes["dense_units"], dropout=0.0,
+                               gru_reset_after=reset_after, **levers)
+    directions = 2 if model_params.bidirectional else 1
     rows = []
     for cell in GRADIENT_CELLS:
-        recurrent = recurrent_param_count(cell, e, u, reset_after)
+        recurrent = directions * recurrent_param_count(cell, e, u, reset_after)  # the first recurrent layer
         whole = expected_param_count(cell, sizes["num_words"], model_params, sizes["n_classes"])
         keras = gradients["params"].get(cell, {})
         rows.append({"cell": cell, "biases": 2 * u if cell == "gru" and reset_after else u,
@@ -831,10 +835,11 @@ def gradients_section(gradients: Mapping[str, Any], runs: Mapping[str, CellRun])
 
 def report_sections(selected: str, runs: SeedRuns, summary: Mapping[str, Any], head: Mapping[str, Any],
                     scores: pd.DataFrame, confusions: Sequence[tuple[str, str, int]],
-                    gradients: Mapping[str, Any], corpus: CorpusInfo, baseline: Mapping[str, Any]) -> list[str]:
+                    gradients: Mapping[str, Any], corpus: CorpusInfo, baseline: Mapping[str, Any],
+                    model_params: ModelParams | None = None) -> list[str]:
     """The report's sections in order."""
     return [
-        title_section(corpus),
+        title_section(corpus, model_params),
         selection_section(selected, summary, head),
         seeds_section(runs, summary),
         comparison_section(selected, mean_metrics(runs), head["seeds"], corpus.is_lab),

@@ -97,13 +97,39 @@ def check_validation_split(n_train: int, validation_split: float) -> None:
 
 # --- training -------------------------------------------------------------------------
 
-def compile_model(model: "keras.Model", train_params: TrainParams) -> None:
-    """Adam + cross-entropy + accuracy. Sparse cross-entropy on integer labels is the same
-    math as categorical cross-entropy on one-hot labels, without the one-hot copy."""
+def compile_model(model: "keras.Model", train_params: TrainParams, steps: int) -> None:
+    """Adam (its learning rate shaped over `steps` per epoch) + cross-entropy + accuracy. Sparse cross-entropy
+    on integer labels is the same math as categorical cross-entropy on one-hot labels, without the one-hot copy."""
     import keras
 
-    optimizer = keras.optimizers.Adam(learning_rate=train_params.learning_rate, clipnorm=train_params.clipnorm)
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate(train_params, steps), clipnorm=train_params.clipnorm)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def learning_rate(train_params: TrainParams, steps: int) -> "float | keras.optimizers.schedules.LearningRateSchedule":
+    """train.learning_rate as train.lr_schedule shapes it over epochs x `steps` per epoch."""
+    import keras
+
+    if train_params.lr_schedule == "constant":
+        return train_params.learning_rate
+    return keras.optimizers.schedules.CosineDecay(train_params.learning_rate, train_params.epochs * steps)
+
+
+def steps_per_epoch(n_train: int, train_params: TrainParams) -> int:
+    """Batches per epoch in the part of n_train that is not held out for validation, as model.fit counts them."""
+    kept = math.floor(n_train * (1.0 - train_params.validation_split)) if train_params.validation_split else n_train
+    return math.ceil(kept / train_params.batch_size)
+
+
+def early_stopping(train_params: TrainParams) -> list["keras.callbacks.Callback"]:
+    """Keras's EarlyStopping on val_accuracy with the best epoch's weights restored, if train.early_stopping
+    asks for it: placed after the loggers, so the epoch it stops at is logged too."""
+    import keras
+
+    if train_params.early_stopping is None:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=train_params.early_stopping,
+                                          restore_best_weights=True)]
 
 
 def epoch_timer() -> "keras.callbacks.Callback":
@@ -146,16 +172,33 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-def trainer_for_device(train_params: TrainParams, gpus: int) -> str:
+def fused_gaps(params: Params) -> list[str]:
+    """The levers set in params that the fused trainer does not reproduce (it needs Embedding followed by plain
+    LSTM/GRU layers, and a constant learning rate), as `key = value` for the one-line notice."""
+    m, t = params.model, params.train
+    return [shown for shown, is_set in (("model.bidirectional = true", m.bidirectional),
+                                        (f"model.spatial_dropout = {m.spatial_dropout}", m.spatial_dropout > 0),
+                                        (f"train.lr_schedule = {t.lr_schedule}", t.lr_schedule != "constant"))
+            if is_set]
+
+
+def trainer_for_device(params: Params, gpus: int) -> str:
     """train.trainer as it runs here; one line on stderr where that is not the fused trainer asked for: on a GPU
-    Keras's model.fit runs (cuDNN's LSTM and GRU), the fused trainer and its native ops being CPU code, and
-    without the lstm_vs_gru.fused package too."""
-    if train_params.trainer != "fused" or (not gpus and fused is not None):
+    Keras's model.fit runs (cuDNN's LSTM and GRU), the fused trainer and its native ops being CPU code; without
+    the lstm_vs_gru.fused package; and for a model or schedule it does not reproduce (fused_gaps)."""
+    train_params = params.train
+    gaps = fused_gaps(params)
+    if train_params.trainer != "fused" or (not gpus and fused is not None and not gaps):
         return train_params.trainer
-    where = f"{gpus} GPU(s) found" if gpus else "lstm_vs_gru.fused is not installed"
+    if gpus:
+        where = f"{gpus} GPU(s) found"
+    elif fused is None:
+        where = "lstm_vs_gru.fused is not installed"
+    else:
+        where = f"the fused trainer does not reproduce {', '.join(gaps)}"
     if train_params.lazy_adam:
-        raise UserError(f"params.yaml: train.lazy_adam = true needs the fused trainer, which runs on CPUs only, and "
-                        f"{where}: set it to false" + (", or hide the GPUs (CUDA_VISIBLE_DEVICES=)" if gpus else ""))
+        raise UserError(f"params.yaml: train.lazy_adam = true needs the fused trainer, and {where}: set it to false"
+                        + (", or hide the GPUs (CUDA_VISIBLE_DEVICES=)" if gpus else ""))
     print(f"{where}: training with Keras's model.fit" + (" (cuDNN)" if gpus else "") + " instead of the fused trainer",
           file=sys.stderr)
     return "keras"
@@ -243,24 +286,35 @@ def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[s
     return scores, predictions
 
 
+def kept_epoch(history: list[dict[str, Any]], train_params: TrainParams) -> int:
+    """The epoch (1-based) whose weights the model keeps: the last, or with early stopping the first with the
+    best val_accuracy (EarlyStopping counts only a strict improvement)."""
+    if train_params.early_stopping is None:
+        return len(history)
+    scores = [row["val_accuracy"] for row in history]
+    return scores.index(max(scores)) + 1
+
+
 def summarize(cell: str, seed: int, param_count: int, history: list[dict[str, Any]], scores: dict[str, float],
-              path: str) -> dict[str, Any]:
-    """The flat metrics/{cell}/seed{seed}.json record: the last epoch's train/val figures, the test scores and
-    the path that trained (`trained_with`: native, xla or keras; another path rounds differently, so a metric
-    diff beside a change of path is explained by it)."""
-    last = history[-1]
-    seconds = [row["seconds"] for row in history]
+              path: str, kept: int | None = None) -> dict[str, Any]:
+    """The flat metrics/{cell}/seed{seed}.json record: the train/val figures of the kept epoch (default: the
+    last), the test scores and the path that trained (`trained_with`: native, xla or keras; another path
+    rounds differently, so a metric diff beside a change of path is explained by it)."""
+    kept = kept or len(history)
+    row = history[kept - 1]
+    seconds = [entry["seconds"] for entry in history]
     return {
         "cell": cell,
         "seed": seed,
         "params": int(param_count),
         "epochs": len(history),
+        "kept_epoch": kept,
         "trained_with": path,
         "seconds_per_epoch": round(float(np.mean(seconds)), SECONDS_DIGITS),
-        "train_loss": last["loss"],
-        "train_accuracy": last["accuracy"],
-        "val_loss": last["val_loss"],
-        "val_accuracy": last["val_accuracy"],
+        "train_loss": row["loss"],
+        "train_accuracy": row["accuracy"],
+        "val_loss": row["val_loss"],
+        "val_accuracy": row["val_accuracy"],
         **{key: round(value, DIGITS) for key, value in scores.items()},
     }
 
@@ -272,13 +326,14 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
 
     seed_everything(params.train.seed)
     model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
-    train_params = replace(params.train, trainer=trainer_for_device(params.train, gpu_count()))
+    train_params = replace(params.train, trainer=trainer_for_device(params, gpu_count()))
     if train_params.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
-        compile_model(model, train_params)
-    history = fit(model, train.x, train.y, train_params, dvclive_callbacks(cell, train_params.seed))
+        compile_model(model, train_params, steps_per_epoch(len(train.x), train_params))
+    callbacks = [*dvclive_callbacks(cell, train_params.seed), *early_stopping(train_params)]
+    history = fit(model, train.x, train.y, train_params, callbacks)
     scores, predictions = evaluate(model, test, train_params.batch_size)
     metrics = summarize(cell, train_params.seed, model.count_params(), history, scores,
-                        trained_with(train_params.trainer))
+                        trained_with(train_params.trainer), kept_epoch(history, train_params))
     return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions,
                           vocabulary_sha256=train.vocabulary_sha256)
 

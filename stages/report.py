@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from lstm_vs_gru import artifacts, params
 from lstm_vs_gru.errors import exits_cleanly
+from lstm_vs_gru.params import ModelParams
 from lstm_vs_gru.report import (CONFUSION_MATRIX, LEARNING_CURVES, PER_GROUP_F1, SECONDS_PER_EPOCH, SEEDS_FIGURE,
                                 aggregates, confusion, copy_gradient_figures, group_labels, headline, mean_seconds,
                                 per_group_scores, plot_confusion, plot_learning_curves, plot_per_group_f1,
@@ -12,7 +13,7 @@ from lstm_vs_gru.report import (CONFUSION_MATRIX, LEARNING_CURVES, PER_GROUP_F1,
                                 read_inputs, render_markdown, report_sections, top_confusions)
 
 
-def write_report(selected: str, seeds: tuple[int, ...]) -> None:
+def write_report(selected: str, seeds: tuple[int, ...], model_params: ModelParams | None = None) -> None:
     """Read the train, baseline and gradients stages' outputs; write metrics/report.json, reports/report.md and
     its PNGs."""
     runs, predictions = read_inputs(selected, seeds)
@@ -35,14 +36,14 @@ def write_report(selected: str, seeds: tuple[int, ...]) -> None:
     artifacts.write_png(plot_per_group_f1(scores, selected), PER_GROUP_F1)
     copy_gradient_figures()
     sections = report_sections(selected, runs, summary, head, scores, top_confusions(matrix, labels), gradients,
-                               corpus, baseline)
+                               corpus, baseline, model_params)
     artifacts.write_text(artifacts.REPORT_MD, render_markdown(sections))
 
 
 @exits_cleanly
 def main() -> None:
     settings = params.load()
-    write_report(settings.cell, settings.train.seeds)
+    write_report(settings.cell, settings.train.seeds, settings.model)
 
 
 if __name__ == "__main__":

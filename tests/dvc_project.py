@@ -14,7 +14,7 @@ from typing import Sequence
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("stages", "lstm_vs_gru", "dvc.yaml", "params.yaml", "gate.yaml", ".dvcignore")
+PROJECT_FILES = ("stages", "lstm_vs_gru", "configs", "dvc.yaml", "params.yaml", "gate.yaml", ".dvcignore")
 # Small enough for minutes on 2 cores, large enough that the model learns the groups.
 SMALL_PARAMS = {
     "tokenize.num_words": 400,

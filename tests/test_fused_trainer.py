@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -186,13 +187,28 @@ def test_fused_epoch_matches_model_fit(cell: str, batch_size: int, native: bool)
     """Same start, same batches (no shuffle, dropout 0): model.fit and the fused trainer end at the same
     weights, up to float rounding. batch_size 5 runs unsplit and fills up its last batch with weight-0 rows.
     Both ways of updating the table: the native op (lstm_vs_gru/fused/native_ops.cc) and XLA."""
+    check_epoch_matches_model_fit(cell, batch_size, native, TINY)
+
+
+# the levers the fused trainer reproduces (training.fused_gaps names those it does not)
+LEVERS = {"stacked": {"layers": 2}, "mean": {"pooling": "mean"}, "max_mean": {"pooling": "max_mean"},
+          "attention": {"pooling": "attention"}}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("lever", LEVERS)
+def test_fused_epoch_matches_model_fit_with_each_lever(cell: str, lever: str) -> None:
+    check_epoch_matches_model_fit(cell, 4, True, replace(TINY, **LEVERS[lever]))
+
+
+def check_epoch_matches_model_fit(cell: str, batch_size: int, native: bool, model_params: ModelParams) -> None:
     import keras
 
     x, y = tiny_data(13)
-    plain = tiny_model(cell)
+    plain = tiny_model(cell, model_params)
     plain.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
     plain.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
-    fused = tiny_model(cell)
+    fused = tiny_model(cell, model_params)
     trainer = fused_trainer.FastTrainer(fused, 0.01, native=native)
     assert (trainer.native_ops is not None) == (native and native_ops_built())
     dropout = [(layer.rate, int(layer.input.shape[-1])) for layer in fused_trainer.dropout_layers(fused)]
@@ -200,7 +216,7 @@ def test_fused_epoch_matches_model_fit(cell: str, batch_size: int, native: bool)
     assert plan.ids.shape[:2] == (-(-13 // batch_size), fused_trainer.split_count(batch_size))
     loss_sum, _ = trainer.run_epoch(plan, fused_trainer.distinct_size([plan], MAXLEN * batch_size))
     assert np.isfinite(loss_sum) and loss_sum > 0
-    start = tiny_model(cell).trainable_variables
+    start = tiny_model(cell, model_params).trainable_variables
     for initial, expected, got in zip(start, plain.trainable_variables, fused.trainable_variables):
         moved = np.abs(expected.numpy() - initial.numpy()).max()
         assert moved > 1e-3, expected.path  # every weight trained

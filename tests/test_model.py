@@ -12,8 +12,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lstm_vs_gru.model import (RECURRENT_CELLS, build_model, expected_param_count, recurrent_param_count,
-                          seed_everything)
+from lstm_vs_gru.model import (RECURRENT_CELLS, build_model, describe, expected_param_count, load_model,
+                               recurrent_param_count, seed_everything)
 from lstm_vs_gru.params import CELL_CHOICES, GRADIENT_CELL_CHOICES, ModelParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,53 @@ def test_layer_sequence_is_the_labs() -> None:
     assert output.units == 6 and output.activation.__name__ == "softmax"
     assert tuple(model.input.shape) == (None, 12)
     assert tuple(model.output.shape) == (None, 6)
+
+
+LEVERS = [{"bidirectional": True}, {"layers": 3}, {"pooling": "mean"}, {"pooling": "max_mean"},
+          {"pooling": "attention"}, {"spatial_dropout": 0.2},
+          {"bidirectional": True, "layers": 2, "pooling": "max_mean", "spatial_dropout": 0.1}]
+
+
+@pytest.mark.parametrize("cell", RECURRENT_CELLS)
+@pytest.mark.parametrize("levers", LEVERS, ids=lambda levers: "+".join(f"{k}={v}" for k, v in levers.items()))
+def test_keras_count_equals_formula_with_the_levers(cell: str, levers: dict) -> None:
+    params = replace(SMALL, **levers)
+    assert build_model(cell, 31, 9, 4, params).count_params() == expected_param_count(cell, 31, params, 4)
+
+
+def test_levers_build_the_chain_they_name() -> None:
+    import keras
+
+    params = replace(SMALL, bidirectional=True, layers=2, pooling="attention", spatial_dropout=0.2)
+    model = build_model("lstm", 40, 12, 6, params)
+    assert [layer.name for layer in model.layers] == ["tokens", "embedding", "spatial_dropout", "lstm", "lstm_2",
+                                                      "attention_pool", "dropout_pooled", "hidden", "dropout_hidden",
+                                                      "output"]
+    first = model.get_layer("lstm")
+    assert isinstance(first, keras.layers.Bidirectional) and first.forward_layer.return_sequences
+    assert model.get_layer("spatial_dropout").rate == 0.2
+    assert tuple(model.get_layer("attention_pool").output.shape) == (None, 2 * SMALL.units)
+    assert describe(params, 6) == ("Embedding → spatial dropout → 2 × bidirectional LSTM/GRU → attention pooling → "
+                                   "dropout → dense → dropout → 6-way softmax")
+    assert describe(None, 20) == describe(SMALL, 20) == ("Embedding → LSTM/GRU → global max pooling → dropout → "
+                                                         "dense → dropout → 20-way softmax")
+
+
+@pytest.mark.parametrize("pooling", ["max_mean", "attention"])
+def test_a_saved_model_with_custom_pooling_loads_and_predicts_the_same(tmp_path: Path, pooling: str) -> None:
+    model = build_model("gru", 40, 12, 6, replace(SMALL, pooling=pooling))
+    x = np.random.default_rng(1).integers(0, 40, size=(4, 12)).astype(np.int32)
+    model.save(tmp_path / "model.keras")
+    again = load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_max_mean_pooling_is_max_then_mean() -> None:
+    from lstm_vs_gru.pooling import GlobalMaxMeanPooling1D
+
+    sequence = np.arange(24, dtype=np.float32).reshape(2, 3, 4) * np.array([1, -1, 1, -1], np.float32)
+    pooled = np.asarray(GlobalMaxMeanPooling1D()(sequence))
+    np.testing.assert_array_equal(pooled, np.concatenate([sequence.max(axis=1), sequence.mean(axis=1)], axis=1))
 
 
 def test_lstm_and_simple_rnn_layers() -> None:

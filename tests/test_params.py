@@ -28,6 +28,8 @@ def test_shipped_params_are_the_lab_defaults():
     assert (p.train.epochs, p.train.batch_size, p.train.validation_split, p.train.seed) == (2, 32, 0.1, 0)
     assert p.train.learning_rate == 0.001 and p.train.clipnorm is None and p.train.trainer == "fused"
     assert p.train.lazy_adam is False  # Keras' Adam over every embedding row, as the lab
+    assert (p.model.bidirectional, p.model.layers, p.model.pooling, p.model.spatial_dropout) == (False, 1, "max", 0.0)
+    assert (p.train.lr_schedule, p.train.early_stopping) == ("constant", None)
     assert p.baseline == params.BaselineParams(model="linear_svc", sublinear_tf=True, max_df=0.5, stop_words="english",
                                                max_features=None, C=1.0, seed=0)
 
@@ -62,6 +64,12 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("train.trainer", "jax", "one of fused, keras"),
         ("train.lazy_adam", "yes", "true or false"),
         ("model.gru_reset_after", "yes", "true or false"),
+        ("model.bidirectional", 1, "true or false"),
+        ("model.layers", 0, "an integer >= 1"),
+        ("model.pooling", "sum", "one of max, mean, max_mean, attention"),
+        ("model.spatial_dropout", 1.0, "a number in [0.0, 1.0)"),
+        ("train.lr_schedule", "step", "one of constant, cosine"),
+        ("train.early_stopping", 0, "null or an integer >= 1"),
         ("tokenize.num_words", 1, "an integer >= 2"),
         ("gradients.cells", ["lstm", "transformer"], "simple_rnn, lstm, gru"),
         ("gradients.seq_lengths", [], "a non-empty list of integers >= 2"),
@@ -101,6 +109,15 @@ def test_clipnorm_needs_the_keras_trainer(raw):
     assert str(caught.value).endswith("train.clipnorm = 1.0: must be null while train.trainer is fused "
                                       "(gradient clipping needs train.trainer: keras)")
     assert params.parse(_with(clipped, "train.trainer", "keras")).train.clipnorm == 1.0
+
+
+def test_early_stopping_needs_a_validation_split(raw):
+    stopping = _with(raw, "train.early_stopping", 3)
+    assert params.parse(stopping).train.early_stopping == 3
+    with pytest.raises(params.ParamError) as caught:
+        params.parse(_with(stopping, "train.validation_split", 0.0))
+    assert str(caught.value).endswith("train.early_stopping = 3: must be null while train.validation_split is 0 "
+                                      "(early stopping watches val_accuracy)")
 
 
 def test_lazy_adam_needs_the_fused_trainer(raw):

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.dvc_project import SMALL_PARAMS, Project, make_project, project_stages, small, stages_run
-from tests.small_archive import build_archive
+from tests.dvc_queue import experiments, metric
+from tests.small_archive import GROUPS, build_archive
 
 DATA_STAGES = ("fetch", "tokenize", "pad")
 
@@ -47,7 +50,7 @@ def test_data_stages_cache_and_rerun_only_what_changed(tmp_path, archive):
 
 
 HEADLINE_KEYS = ["cell", "seeds", "test_accuracy", "test_macro_f1", "val_accuracy", "seconds_per_epoch", "params"]
-CELL_KEYS = {"cell", "seed", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+CELL_KEYS = {"cell", "seed", "params", "epochs", "kept_epoch", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
              "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"}
 
 
@@ -161,3 +164,33 @@ def test_gate_fails_when_a_change_really_hurts_the_model(clean):
     assert failed.returncode == 1, failed.stdout
     assert re.search(r"metrics/report\.json\s+per_seed\.lstm\.test_accuracy\.\*.*(REGRESSION|BELOW FLOOR)",
                      failed.stdout), failed.stdout
+
+
+def test_tuned_experiment_runs_every_stage_and_predicts(clean):
+    """configs/tuned.yaml as the README runs it, on the small archive with shorter posts, fewer epochs and one
+    seed (the tuned values of every other lever as committed)."""
+    project = clean
+    options = project.run(sys.executable, "-m", "lstm_vs_gru.cli.set_params", "configs/tuned.yaml").stdout
+    ran = project.dvc("exp", "run", "-n", "tuned", *shlex.split(options),
+                      "-S", "pad.maxlen=40", "-S", "train.epochs=2", "-S", "train.seeds=[0]")
+    assert "Running stage 'report'" in ran.stdout and "Running stage 'gradients'" in ran.stdout
+
+    tuned = experiments(project)["tuned"]
+    shown = tuned["params"]["params.yaml"]["data"]
+    assert (shown["model"]["pooling"], shown["pad"]["truncating"], shown["train"]["early_stopping"]) == (
+        "max_mean", "post", 3)
+    applied = yaml.safe_load((project.path / "params.yaml").read_text())
+    assert applied["model"]["pooling"] == "max_mean" and applied["pad"]["maxlen"] == 40
+    for cell in ("lstm", "gru"):
+        run = metric(tuned, f"metrics/{cell}/seed0.json", "trained_with")
+        assert run in ("native", "xla")  # max_mean pooling and early stopping stay on the fused trainer
+        kept = metric(tuned, f"metrics/{cell}/seed0.json", "kept_epoch")
+        assert 1 <= kept <= metric(tuned, f"metrics/{cell}/seed0.json", "epochs") <= 2
+    report = project.json("metrics/report.json")
+    assert report["seeds"] == 1 and list(report["cells"]) == ["lstm", "gru"]
+
+    predicted = project.run(sys.executable, "-m", "lstm_vs_gru.cli.predict", "--json",
+                            "the goalie stopped the puck in the playoffs")
+    top = json.loads(predicted.stdout.strip().splitlines()[-1])["top"]
+    assert top[0]["group"] in GROUPS
+    assert project.repro() == set()  # the experiment's outputs are the workspace's: nothing left to run

@@ -27,7 +27,7 @@ from lstm_vs_gru.params import load
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = np.array(["alt.atheism", "comp.graphics", "sci.space"])
 NUM_WORDS, MAXLEN, N_TRAIN, N_TEST = 50, 10, 60, 24
-METRIC_KEYS = ["cell", "seed", "params", "epochs", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
+METRIC_KEYS = ["cell", "seed", "params", "epochs", "kept_epoch", "trained_with", "seconds_per_epoch", "train_loss", "train_accuracy", "val_loss",
                "val_accuracy", "test_loss", "test_accuracy", "test_macro_f1"]
 
 
@@ -113,6 +113,40 @@ def test_main_writes_checked_outputs(project: Path, cell: str, trainer: str) -> 
     assert seconds["step"].tolist() == loss["step"].tolist() == [0]
     assert (live / "eval" / "accuracy.tsv").exists()
     assert not list(project.glob("**/.*.tmp*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("trainer", ["fused", "keras"])
+def test_early_stopping_stops_and_keeps_the_best_epoch(project: Path, trainer: str, capsys) -> None:
+    """Random labels: val_accuracy stops improving within 8 epochs, and the saved model is the best epoch's."""
+    import keras
+
+    write_params(project, train={"trainer": trainer, "epochs": 8, "early_stopping": 1, "validation_split": 0.3})
+    train_stage.main(["gru"])
+    metrics = artifacts.read_json(artifacts.run_metrics_path("gru", 0))
+    history = report.read_history("gru", 0)
+    assert metrics["epochs"] == len(history) < 8
+    kept = history.iloc[metrics["kept_epoch"] - 1]
+    assert kept["val_accuracy"] == history["val_accuracy"].max() == metrics["val_accuracy"]
+    assert (history["val_accuracy"].iloc[:metrics["kept_epoch"] - 1] < kept["val_accuracy"]).all()
+    # the saved model is the kept epoch's, not the last one's: its validation loss, recomputed, is the kept one
+    train = artifacts.read_npz(artifacts.padded_path("train"))
+    held_out = slice(int(N_TRAIN * 0.7), None)
+    model = keras.models.load_model(artifacts.model_path("gru", 0))
+    probabilities = model.predict(train["x"][held_out], verbose=0)
+    val_loss = float(np.mean(keras.ops.convert_to_numpy(
+        keras.losses.sparse_categorical_crossentropy(train["y"][held_out], probabilities))))
+    assert val_loss == pytest.approx(kept["val_loss"], abs=2e-6)
+    assert val_loss != pytest.approx(history["val_loss"].iloc[-1], abs=2e-6)
+
+
+def test_a_lever_the_fused_trainer_lacks_trains_with_model_fit(project: Path, capsys) -> None:
+    write_params(project, model={"bidirectional": True, "pooling": "max_mean", "spatial_dropout": 0.1})
+    train_stage.main(["lstm"])
+    metrics = artifacts.read_json(artifacts.run_metrics_path("lstm", 0))
+    assert metrics["trained_with"] == "keras"
+    assert metrics["params"] == expected_param_count("lstm", NUM_WORDS, load().model, len(GROUPS))
+    assert ("the fused trainer does not reproduce model.bidirectional = true, model.spatial_dropout = 0.1: "
+            "training with Keras's model.fit") in capsys.readouterr().err
 
 
 def test_same_params_give_identical_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,7 +297,7 @@ def test_summarize_takes_the_last_epoch_and_mean_seconds() -> None:
     scores = {"test_loss": 1.23456789, "test_accuracy": 0.5, "test_macro_f1": 0.4}
     metrics = training.summarize("gru", 0, 123, rows, scores, "xla")
     assert list(metrics) == METRIC_KEYS
-    assert metrics == {"cell": "gru", "seed": 0, "params": 123, "epochs": 2, "trained_with": "xla", "seconds_per_epoch": 15.0, "train_loss": 1.0,
+    assert metrics == {"cell": "gru", "seed": 0, "params": 123, "epochs": 2, "kept_epoch": 2, "trained_with": "xla", "seconds_per_epoch": 15.0, "train_loss": 1.0,
                        "train_accuracy": 0.2, "val_loss": 1.5, "val_accuracy": 0.4, "test_loss": 1.234568,
                        "test_accuracy": 0.5, "test_macro_f1": 0.4}
     json.dumps(metrics, allow_nan=False)
@@ -273,14 +307,54 @@ def test_a_gpu_trains_with_keras_and_says_so(capsys) -> None:
     """Where TensorFlow sees a GPU, the fused trainer (CPU code) gives way to model.fit, whose LSTM and GRU
     run cuDNN's kernels; without one, train.trainer stands. (Checked here with a device count: this suite
     runs on CPUs.)"""
-    fused = load().train
+    fused = load()
     assert training.trainer_for_device(fused, 0) == "fused" and capsys.readouterr().err == ""
     assert training.trainer_for_device(fused, 1) == "keras"
     assert "1 GPU(s) found: training with Keras's model.fit (cuDNN)" in capsys.readouterr().err
-    keras_trainer = replace(fused, trainer="keras")
+    keras_trainer = replace(fused, train=replace(fused.train, trainer="keras"))
     assert training.trainer_for_device(keras_trainer, 2) == "keras" and capsys.readouterr().err == ""
     with pytest.raises(UserError, match="train.lazy_adam = true needs the fused trainer.*1 GPU"):
-        training.trainer_for_device(replace(fused, lazy_adam=True), 1)
+        training.trainer_for_device(replace(fused, train=replace(fused.train, lazy_adam=True)), 1)
+
+
+def test_levers_the_fused_trainer_does_not_reproduce_fall_back_to_model_fit_in_one_line(capsys) -> None:
+    lab = load()
+    for model, train, shown in [({"bidirectional": True}, {}, "model.bidirectional = true"),
+                                ({"spatial_dropout": 0.2}, {}, "model.spatial_dropout = 0.2"),
+                                ({}, {"lr_schedule": "cosine"}, "train.lr_schedule = cosine")]:
+        params = replace(lab, model=replace(lab.model, **model), train=replace(lab.train, **train))
+        assert training.trainer_for_device(params, 0) == "keras"
+        assert capsys.readouterr().err == (f"the fused trainer does not reproduce {shown}: training with Keras's "
+                                           "model.fit instead of the fused trainer\n")
+    reproduced = replace(lab, model=replace(lab.model, layers=2, pooling="attention"),
+                         train=replace(lab.train, early_stopping=2))
+    assert training.trainer_for_device(reproduced, 0) == "fused" and capsys.readouterr().err == ""
+    lazy = replace(lab, model=replace(lab.model, bidirectional=True), train=replace(lab.train, lazy_adam=True))
+    with pytest.raises(UserError, match="lazy_adam = true needs the fused trainer, and the fused trainer does not "
+                                        "reproduce model.bidirectional = true: set it to false"):
+        training.trainer_for_device(lazy, 0)
+
+
+def test_cosine_schedule_decays_to_zero_over_every_step() -> None:
+    lab = load().train
+    assert training.learning_rate(lab, 10) == lab.learning_rate
+    cosine = replace(lab, lr_schedule="cosine", epochs=3)
+    schedule = training.learning_rate(cosine, 10)
+    assert float(schedule(0)) == pytest.approx(lab.learning_rate)
+    assert float(schedule(15)) == pytest.approx(lab.learning_rate / 2)
+    assert float(schedule(30)) == pytest.approx(0.0, abs=1e-12)
+    assert training.steps_per_epoch(100, replace(lab, validation_split=0.1, batch_size=32)) == 3  # 90 rows
+
+
+def test_kept_epoch_is_the_first_best_with_early_stopping() -> None:
+    rows = training.history_rows({"loss": [3.0, 2.0, 1.0, 0.5], "accuracy": [0.1, 0.2, 0.3, 0.4],
+                                  "val_loss": [2.0, 1.0, 1.5, 1.6], "val_accuracy": [0.3, 0.5, 0.5, 0.4],
+                                  "seconds": [1.0] * 4})
+    lab = load().train
+    assert training.kept_epoch(rows, lab) == 4
+    assert training.kept_epoch(rows, replace(lab, early_stopping=2)) == 2
+    metrics = training.summarize("lstm", 0, 1, rows, {}, "keras", kept=2)
+    assert (metrics["epochs"], metrics["kept_epoch"], metrics["val_accuracy"], metrics["train_loss"]) == (4, 2, 0.5, 2.0)
 
 
 def test_trained_with_names_the_path(monkeypatch: pytest.MonkeyPatch) -> None:

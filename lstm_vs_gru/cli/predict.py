@@ -237,12 +237,13 @@ def check_model(facts: ModelFacts, path: Path, cell: str, *, vocabulary: Vocabul
 
 def load_keras_model(path: Path) -> "keras.Model":
     """The saved model, uncompiled (prediction needs no optimizer)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    from lstm_vs_gru.model import load_model
 
     try:
-        return keras.saving.load_model(path, compile=False)
+        return load_model(path)
     except (OSError, ValueError, TypeError, KeyError) as error:
+        import keras
+
         raise UserError(f"{path}: Keras {keras.__version__} cannot load it: {' '.join(str(error).split())}") from None
 
 

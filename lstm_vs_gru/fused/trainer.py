@@ -727,6 +727,7 @@ def fast_fit(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_siz
                for epoch in range(epochs))
     for callback in callbacks:
         callback.set_model(model)
+    model.stop_training = False  # a callback sets it (EarlyStopping), as in model.fit
     history: dict[str, list[float]] = {}
     for callback in callbacks:
         callback.on_train_begin()
@@ -741,6 +742,8 @@ def fast_fit(model: Any, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_siz
             callback.on_epoch_end(epoch, logs)
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
+        if model.stop_training:
+            break
     for callback in callbacks:
         callback.on_train_end()
     return history
