@@ -14,7 +14,6 @@ the JSON keeps every run's metrics.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import subprocess
@@ -78,19 +77,19 @@ def measure(name: str, cells: Sequence[str], seed: int, remove: bool, scratch: P
     folder.mkdir()
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     key = yaml.safe_dump({section: params[section] for section in ("data", "tokenize", "pad")})
-    seconds = {}
+    data_seconds = {}
     if key in prepared:
         shutil.copytree(prepared[key] / "data", folder / "data")
     else:
         for stage in ("fetch", "tokenize", "pad"):
-            seconds[stage] = run_stage(folder, f"stages.{stage}")
+            data_seconds[stage] = run_stage(folder, f"stages.{stage}")
         prepared[key] = folder
     rows = []
     for cell in cells:
-        seconds[f"train_{cell}"] = run_stage(folder, "stages.train", cell, "--seed", str(seed))
+        seconds = {**data_seconds, f"train_{cell}": run_stage(folder, "stages.train", cell, "--seed", str(seed))}
         metrics = read_json(folder / run_metrics_path(cell, seed))
         rows.append({"variant": name, "cell": cell, "seed": seed, "remove": remove, "metrics": metrics,
-                     "stage_seconds": {k: round(v, 1) for k, v in seconds.items()}})
+                     "stage_seconds": {stage: round(value, 1) for stage, value in seconds.items()}})
         print_row(rows[-1])
     return rows
 
@@ -119,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows += measure(name, args.cells, args.seed, args.remove, Path(scratch), prepared)
     settings = {"variants": {name: VARIANTS[name] for name in args.variants}, "tuned": read_overrides(TUNED),
                 "cells": args.cells, "seed": args.seed, "remove": args.remove}
-    write_results(args.out, settings, copy.deepcopy(rows))
+    write_results(args.out, settings, rows)
 
 
 if __name__ == "__main__":

@@ -67,17 +67,12 @@ def lab_model(cell: str, num_words: int, maxlen: int, n_classes: int, model_para
     ])
 
 
-def is_lab_architecture(model_params: Any) -> bool:
-    return (model_params.bidirectional, model_params.layers, model_params.pooling, model_params.spatial_dropout) == (
-        False, 1, "max", 0.0)
-
-
 def train_reference(cell: str, seed: int, data: dict[str, Any], params: Any) -> tuple[Any, list[dict[str, Any]]]:
     """The lab's code path: stock compile, plain model.fit on one-hot labels. With levers beyond the lab
     (`--params-set`), the pipeline's model is built, then compiled and fitted the same plain way."""
     import keras
 
-    from lstm_vs_gru.model import build_model
+    from lstm_vs_gru.model import build_model, is_lab_architecture
 
     keras.utils.set_random_seed(seed)
     build = lab_model if is_lab_architecture(params.model) else build_model

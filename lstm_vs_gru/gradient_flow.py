@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from lstm_vs_gru import artifacts, training
 from lstm_vs_gru.errors import UserError
-from lstm_vs_gru.model import RECURRENT_CELLS, load_model
+from lstm_vs_gru.model import RECURRENT_CELLS, levers, load_model
 from lstm_vs_gru.params import Params
 from lstm_vs_gru.tokenizer import pad
 
@@ -430,8 +430,7 @@ def gradient_metrics(p: Params, sample: Sample, m: Measurements, n_classes: int)
     return {
         "sizes": {"num_words": p.tokenize.num_words, "embedding_dim": p.model.embedding_dim,
                   "units": p.model.units, "dense_units": p.model.dense_units, "n_classes": n_classes,
-                  "gru_reset_after": p.model.gru_reset_after, "bidirectional": p.model.bidirectional,
-                  "layers": p.model.layers, "pooling": p.model.pooling, "spatial_dropout": p.model.spatial_dropout},
+                  "gru_reset_after": p.model.gru_reset_after, **levers(p.model)},
         "params": m.params,
         "sample": {"documents": int(len(sample.indices)), "min_tokens": max(p.gradients.seq_lengths),
                    **{f"full_L{length}": int((sample.token_counts >= length).sum())

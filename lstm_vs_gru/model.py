@@ -8,10 +8,11 @@ that must not depend on it."""
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lstm_vs_gru.params import POOLING_CHOICES, ModelParams
+from lstm_vs_gru.params import MODEL_LEVERS, POOLING_CHOICES, ModelParams
 
 if TYPE_CHECKING:  # only for annotations; never imported at run time
     import keras
@@ -64,12 +65,21 @@ POOLING_NAMES = {"max": "global max pooling", "mean": "global mean pooling", "ma
                  "attention": "attention pooling"}
 
 
+def levers(model_params: ModelParams | None) -> dict[str, Any]:
+    """The MODEL_LEVERS values of model_params; None: the lab's (ModelParams' defaults)."""
+    defaults = {f.name: f.default for f in fields(ModelParams)}
+    return {key: defaults[key] if model_params is None else getattr(model_params, key) for key in MODEL_LEVERS}
+
+
+def is_lab_architecture(model_params: ModelParams) -> bool:
+    """Whether model_params build the lab's chain of layers (sizes aside)."""
+    return levers(model_params) == levers(None)
+
+
 def describe(model_params: ModelParams | None, n_classes: int) -> str:
     """The classifier's chain of layers in words; None or the defaults give the lab's: "Embedding → LSTM/GRU →
     global max pooling → dropout → dense → dropout → 20-way softmax"."""
-    bidirectional, layers, pooling, spatial_dropout = (
-        (False, 1, "max", 0.0) if model_params is None else
-        (model_params.bidirectional, model_params.layers, model_params.pooling, model_params.spatial_dropout))
+    bidirectional, layers, pooling, spatial_dropout = (levers(model_params)[key] for key in MODEL_LEVERS)
     recurrent = ("bidirectional " if bidirectional else "") + "LSTM/GRU"
     chain = ["Embedding", *(["spatial dropout"] if spatial_dropout else []),
              f"{layers} × {recurrent}" if layers > 1 else recurrent,

@@ -76,6 +76,10 @@ class PadParams:
     truncating: str
 
 
+# ModelParams' fields beyond the lab's layers; their defaults are the lab's model
+MODEL_LEVERS = ("bidirectional", "layers", "pooling", "spatial_dropout")
+
+
 @dataclass(frozen=True)
 class ModelParams:
     embedding_dim: int

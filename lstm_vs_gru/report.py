@@ -26,8 +26,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from lstm_vs_gru import artifacts, params, stats, training
 from lstm_vs_gru.artifacts import is_finite_number
 from lstm_vs_gru.errors import UserError
-from lstm_vs_gru.model import describe
-from lstm_vs_gru.params import ModelParams
+from lstm_vs_gru.model import describe, expected_param_count, recurrent_param_count
+from lstm_vs_gru.params import MODEL_LEVERS, ModelParams
 
 METRIC_KEYS = (
     "cell", "seed", "params", "epochs", "seconds_per_epoch", "train_loss", "train_accuracy",
@@ -697,11 +697,9 @@ def _log10_per_step(found: Mapping[str, Any]) -> float:
 
 def _param_rows(gradients: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each cell's parameters from the formula (lstm_vs_gru.model), against Keras's own count."""
-    from lstm_vs_gru.model import expected_param_count, recurrent_param_count
-
     sizes = gradients["sizes"]
     e, u, reset_after = sizes["embedding_dim"], sizes["units"], sizes["gru_reset_after"]
-    levers = {key: sizes[key] for key in ("bidirectional", "layers", "pooling", "spatial_dropout") if key in sizes}
+    levers = {key: sizes[key] for key in MODEL_LEVERS if key in sizes}
     model_params = ModelParams(embedding_dim=e, units=u, dense_units=sizes["dense_units"], dropout=0.0,
                                gru_reset_after=reset_after, **levers)
     directions = 2 if model_params.bidirectional else 1
