@@ -28,7 +28,7 @@ import yaml
 from bench_common import RESULTS, ROOT, write_results  # first: see bench_common
 from lstm_vs_gru.artifacts import read_json, run_metrics_path
 from lstm_vs_gru.cli.set_params import apply, read_overrides
-from lstm_vs_gru.params import read_yaml
+from lstm_vs_gru.params import TRAINABLE_CELLS, read_yaml
 
 TUNED = ROOT / "configs" / "tuned.yaml"
 DEFAULT_OUT = RESULTS / "levers.json"
@@ -42,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "truncating_pre": {"pad.padding": "pre", "pad.truncating": "pre"},
     "no_early_stopping": {"train.early_stopping": None, "train.epochs": 8},
     "bidirectional": {"model.bidirectional": True},
+    "embedding_dropout": {"model.embedding_dropout": 0.2},
     "spatial_dropout": {"model.spatial_dropout": 0.2},
     "two_layers": {"model.layers": 2},
     "cosine": {"train.lr_schedule": "cosine"},
@@ -104,7 +105,7 @@ def print_row(row: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=TRAINABLE_CELLS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--remove", action="store_true", help="posts without headers, footers and quotes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -26,6 +26,7 @@ PADDED_DIR = Path("data/padded")
 METRICS_DIR = Path("metrics")
 MODELS_DIR = Path("models")
 PLOTS_DIR = Path("plots")
+PROBABILITIES_DIR = Path("predictions")
 DVCLIVE_DIR = Path("dvclive")
 REPORT_DIR = Path("reports")
 
@@ -83,6 +84,11 @@ def read_model_stamp(path: str | os.PathLike) -> dict[str, Any]:
 
 def predictions_path(cell: str, seed: int) -> Path:
     return PLOTS_DIR / run_folder(cell, seed) / "predictions.csv"
+
+
+def probabilities_path(cell: str, seed: int) -> Path:
+    """A run's predicted probabilities on the test split (.npz: probabilities, labels, groups), for ensembles."""
+    return PROBABILITIES_DIR / f"{run_folder(cell, seed)}.npz"
 
 
 BASELINE_METRICS = METRICS_DIR / "baseline.json"

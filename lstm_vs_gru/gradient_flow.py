@@ -4,8 +4,8 @@ For every cell in `gradients.cells`, the lab's classifier at initialisation and 
 split into its embedding and the rest. The gradient of a document's loss with respect to the
 embedded token at step t says how much the prediction still depends on (and can learn from) that
 token; its L2 norm, averaged over a fixed sample of training documents, is measured per step for
-every length in `gradients.seq_lengths`, for two readouts of the same weights: the lab's model as
-it is (global max pooling over every step's output, which gives every step a short path to the
+every length in `gradients.seq_lengths`, for two readouts of the same weights: the model as it is
+(its pooling over every step's output, global max in the lab, gives every step a short path to the
 loss) and the same head reading only the last hidden state, so that the gradient has to travel
 back through the recurrence: the textbook setting of vanishing gradients. A plain RNN whose
 recurrent kernel is multiplied by `gradients.recurrent_scale` shows the opposite failure, and a
@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from lstm_vs_gru import artifacts, training
 from lstm_vs_gru.errors import UserError
-from lstm_vs_gru.model import RECURRENT_CELLS, levers, load_model
+from lstm_vs_gru.model import POOLING_NAMES, RECURRENT_CELLS, levers, load_model
 from lstm_vs_gru.params import Params
 from lstm_vs_gru.tokenizer import pad
 
@@ -444,12 +444,16 @@ def gradient_metrics(p: Params, sample: Sample, m: Measurements, n_classes: int)
     }
 
 
-READOUT_TITLES = {"max_pool": "the lab's model (global max pooling)", "last_state": "read from the last state only"}
+def readout_title(readout: str, pooling: str) -> str:
+    """How a figure names a readout: the model as built (with its pooling's name), or the last state alone."""
+    if readout == "last_state":
+        return "read from the last state only"
+    return f"the model as built ({POOLING_NAMES[pooling]})"
 YLABEL = "mean ‖∂loss / ∂embedded token t‖"
 XLABEL = "steps before the last token (L − t)"
 
 
-def plot_gradient_flow(curves: Curves, cells: Sequence[str], lengths: Sequence[int]) -> Figure:
+def plot_gradient_flow(curves: Curves, cells: Sequence[str], lengths: Sequence[int], pooling: str = "max") -> Figure:
     """Gradient norm against distance from the last token, log scale: one row per readout, one
     column per length, one colour per cell, initialisation dashed and trained solid."""
     figure = Figure(figsize=(6 * len(lengths), 9), layout="constrained")
@@ -462,14 +466,14 @@ def plot_gradient_flow(curves: Curves, cells: Sequence[str], lengths: Sequence[i
                     if (cell, setting, length, readout) in curves:
                         axes.plot(distance, curves[cell, setting, length, readout], style, color=CELL_COLOURS[cell],
                                   label=f"{cell} ({'initial' if setting == 'init' else 'trained'})")
-            axes.set(yscale="log", xlabel=XLABEL, ylabel=YLABEL, title=f"L = {length}: {READOUT_TITLES[readout]}")
+            axes.set(yscale="log", xlabel=XLABEL, ylabel=YLABEL, title=f"L = {length}: {readout_title(readout, pooling)}")
             axes.grid(alpha=0.3, which="both")
     panels[0, -1].legend(fontsize=8)
     return figure
 
 
 def plot_exploding(curves: Curves, lengths: Sequence[int], unclipped: pd.DataFrame, clipped: pd.DataFrame,
-                   scale: float) -> Figure:
+                   scale: float, pooling: str = "max") -> Figure:
     """Top: the plain RNN's gradient flow at initialisation, as built and with R scaled up, per readout.
     Bottom: gradient and update norm per training step of the scaled RNN, with and without clipnorm.
     R is the recurrent kernel (the report's notation; Keras calls it recurrent_kernel)."""
@@ -483,7 +487,7 @@ def plot_exploding(curves: Curves, lengths: Sequence[int], unclipped: pd.DataFra
                 if (name, "init", length, readout) in curves:
                     axes.plot(distance, curves[name, "init", length, readout], styles[index % len(styles)],
                               color=CELL_COLOURS[name], label=f"{label}, L = {length}")
-        axes.set(yscale="log", xlabel=XLABEL, ylabel=YLABEL, title=f"Initial plain RNN, {READOUT_TITLES[readout]}")
+        axes.set(yscale="log", xlabel=XLABEL, ylabel=YLABEL, title=f"Initial plain RNN, {readout_title(readout, pooling)}")
     for axes, column, title in ((grads, "grad_norm", "Global gradient norm"),
                                 (updates, "update_norm", "Norm of the weight change per step")):
         axes.plot(unclipped["step"], unclipped[column], color="tab:red", label="no clipping")

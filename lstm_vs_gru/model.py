@@ -79,9 +79,10 @@ def is_lab_architecture(model_params: ModelParams) -> bool:
 def describe(model_params: ModelParams | None, n_classes: int) -> str:
     """The classifier's chain of layers in words; None or the defaults give the lab's: "Embedding → LSTM/GRU →
     global max pooling → dropout → dense → dropout → 20-way softmax"."""
-    bidirectional, layers, pooling, spatial_dropout = (levers(model_params)[key] for key in MODEL_LEVERS)
+    bidirectional, layers, pooling, embedding_dropout, spatial_dropout = (levers(model_params)[key]
+                                                                          for key in MODEL_LEVERS)
     recurrent = ("bidirectional " if bidirectional else "") + "LSTM/GRU"
-    chain = ["Embedding", *(["spatial dropout"] if spatial_dropout else []),
+    chain = ["Embedding", *(["dropout"] if embedding_dropout else []), *(["spatial dropout"] if spatial_dropout else []),
              f"{layers} × {recurrent}" if layers > 1 else recurrent,
              POOLING_NAMES[pooling], "dropout", "dense", "dropout", f"{n_classes}-way softmax"]
     return " → ".join(chain)
@@ -110,15 +111,17 @@ def recurrent_layer(cell: str, units: int, *, reset_after: bool = True, return_s
 
 def build_model(cell: str, num_words: int, maxlen: int, n_classes: int,
                 model_params: ModelParams) -> "keras.Model":
-    """The classifier, one chain of layers: Embedding -> [SpatialDropout1D] -> RNN(return_sequences), `layers`
-    deep, each [Bidirectional] -> pooling over time -> Dropout -> Dense(relu) -> Dropout -> Dense(n_classes,
-    softmax). The defaults (1 layer, one direction, max pooling, no spatial dropout) are the lab's model, layer
-    for layer and name for name. Not compiled."""
+    """The classifier, one chain of layers: Embedding -> [Dropout] -> [SpatialDropout1D] -> RNN(return_sequences),
+    `layers` deep, each [Bidirectional] -> pooling over time -> Dropout -> Dense(relu) -> Dropout ->
+    Dense(n_classes, softmax). The defaults (1 layer, one direction, max pooling, no dropout before the RNN) are
+    the lab's model, layer for layer and name for name. Not compiled."""
     _check_cell(cell)
     keras = _keras()  # lazy: see the module docstring
     m = model_params
     tokens = keras.Input(shape=(maxlen,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(num_words, m.embedding_dim, name="embedding")(tokens)
+    if m.embedding_dropout:
+        x = keras.layers.Dropout(m.embedding_dropout, name="embedding_dropout")(x)
     if m.spatial_dropout:
         x = keras.layers.SpatialDropout1D(m.spatial_dropout, name="spatial_dropout")(x)
     for layer in range(m.layers):

@@ -17,6 +17,8 @@ from lstm_vs_gru.errors import UserError
 REMOVE_CHOICES = ("headers", "footers", "quotes")
 SIDE_CHOICES = ("pre", "post")
 CELL_CHOICES = ("lstm", "gru")
+# What stages/train.py trains: the compared cells, and the plain RNN as the lever table's third cell.
+TRAINABLE_CELLS = ("simple_rnn", *CELL_CHOICES)
 GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
 POOLING_CHOICES = ("max", "mean", "max_mean", "attention")  # lstm_vs_gru.model.pooling_layer
 LR_SCHEDULE_CHOICES = ("constant", "cosine")  # lstm_vs_gru.training.learning_rate
@@ -77,7 +79,7 @@ class PadParams:
 
 
 # ModelParams' fields beyond the lab's layers; their defaults are the lab's model
-MODEL_LEVERS = ("bidirectional", "layers", "pooling", "spatial_dropout")
+MODEL_LEVERS = ("bidirectional", "layers", "pooling", "embedding_dropout", "spatial_dropout")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class ModelParams:
     bidirectional: bool = False
     layers: int = 1
     pooling: str = "max"
+    embedding_dropout: float = 0.0
     spatial_dropout: float = 0.0
 
 
@@ -242,7 +245,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "embedding_dim": _int(1), "units": _int(1), "dense_units": _int(1),
         "dropout": _float(0.0, 1.0, high_open=True), "gru_reset_after": _bool,
         "bidirectional": _bool, "layers": _int(1), "pooling": _choice(POOLING_CHOICES),
-        "spatial_dropout": _float(0.0, 1.0, high_open=True),
+        "embedding_dropout": _float(0.0, 1.0, high_open=True), "spatial_dropout": _float(0.0, 1.0, high_open=True),
     }),
     "train": (TrainParams, {
         "epochs": _int(1), "batch_size": _int(1),

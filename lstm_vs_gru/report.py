@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from lstm_vs_gru import artifacts, params, stats, training
 from lstm_vs_gru.artifacts import is_finite_number
 from lstm_vs_gru.errors import UserError
-from lstm_vs_gru.model import describe, expected_param_count, recurrent_param_count
+from lstm_vs_gru.model import POOLING_NAMES, describe, expected_param_count, recurrent_param_count
 from lstm_vs_gru.params import MODEL_LEVERS, ModelParams
 
 METRIC_KEYS = (
@@ -98,6 +98,8 @@ def required_inputs(selected: str, seeds: Sequence[int]) -> list[tuple[Path, str
     runs = [(artifacts.run_metrics_path(cell, seed), producer(cell, seed)) for cell in artifacts.CELLS for seed in seeds]
     runs += [(history_path(cell, seed, key), producer(cell, seed))
              for cell in artifacts.CELLS for seed in seeds for key in REQUIRED_SERIES]
+    runs += [(artifacts.probabilities_path(cell, seed), producer(cell, seed))
+             for cell in artifacts.CELLS for seed in seeds]
     return ([(FETCH_METRICS, "fetch")] + runs + [(artifacts.predictions_path(selected, seeds[0]),
                                                    producer(selected, seeds[0])),
                                                   (artifacts.BASELINE_METRICS, BASELINE_STAGE)] + gradient_inputs())
@@ -218,6 +220,51 @@ def read_inputs(selected: str, seeds: Sequence[int]) -> tuple[SeedRuns, pd.DataF
     return runs, read_predictions(artifacts.predictions_path(selected, seeds[0]), reference)
 
 
+PROBABILITY_ARRAYS = ("probabilities", "labels", "groups")
+
+
+def read_probabilities(cell: str, seed: int) -> dict[str, np.ndarray]:
+    """predictions/{cell}/seed{seed}.npz: a run's test probabilities (posts x groups), true labels and groups."""
+    path, stage = artifacts.probabilities_path(cell, seed), producer(cell, seed)
+    arrays = artifacts.read_stage_npz(path, PROBABILITY_ARRAYS, stage)
+    shape = arrays["probabilities"].shape
+    if shape != (len(arrays["labels"]), len(arrays["groups"])) or not np.isfinite(arrays["probabilities"]).all():
+        raise UserError(f"{path}: probabilities of shape {shape}, expected finite values for "
+                        f"({len(arrays['labels'])} test posts, {len(arrays['groups'])} groups): "
+                        f"re-run `dvc repro {stage}`")
+    return arrays
+
+
+def read_ensemble_inputs(seeds: Sequence[int]) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Every run's probabilities by cell, checked to score the same test posts and groups."""
+    members = {cell: [read_probabilities(cell, seed) for seed in seeds] for cell in artifacts.CELLS}
+    first = members[artifacts.CELLS[0]][0]
+    for cell, runs in members.items():
+        for seed, run in zip(seeds, runs):
+            if not (np.array_equal(run["labels"], first["labels"]) and np.array_equal(run["groups"], first["groups"])):
+                raise UserError(f"{artifacts.probabilities_path(cell, seed)}: scores other test posts or groups than "
+                                f"{artifacts.probabilities_path(artifacts.CELLS[0], seeds[0])}: re-run `dvc repro`")
+    return members
+
+
+def ensemble_scores(members: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """The runs' probabilities averaged, the most probable group taken: test accuracy and macro-F1 (as the
+    train stages score one run), and how many runs were averaged."""
+    mean = np.mean([run["probabilities"] for run in members], axis=0)
+    labels, predicted = members[0]["labels"], mean.argmax(axis=1)
+    return {"runs": len(members),
+            "test_accuracy": round(float(accuracy_score(labels, predicted)), training.DIGITS),
+            "test_macro_f1": round(float(f1_score(labels, predicted, average="macro", zero_division=0)),
+                                   training.DIGITS)}
+
+
+def ensembles(members: Mapping[str, Sequence[Mapping[str, np.ndarray]]]) -> dict[str, dict[str, Any]]:
+    """metrics/report.json's `ensemble`: each cell's seeds averaged, then every run of both cells."""
+    scores = {cell: ensemble_scores(runs) for cell, runs in members.items()}
+    scores["_and_".join(members)] = ensemble_scores([run for runs in members.values() for run in runs])
+    return scores
+
+
 def reference_runs(runs: SeedRuns) -> dict[str, CellRun]:
     """Each cell's run of the first seed: the models the gradients stage and predict use."""
     return {cell: next(iter(by_seed.values())) for cell, by_seed in runs.items()}
@@ -256,13 +303,14 @@ def mean_seconds(runs: SeedRuns, cell: str) -> float:
     return round(float(np.mean(seed_values(runs, cell, "seconds_per_epoch"))), 3)
 
 
-def headline(selected: str, runs: SeedRuns, summary: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+def headline(selected: str, runs: SeedRuns, summary: Mapping[str, Any], baseline: Mapping[str, Any],
+             ensemble: Mapping[str, Any]) -> dict[str, Any]:
     """metrics/report.json: the selected cell's means over seeds under the keys a single run has (so
-    `dvc metrics diff` compares them), then the aggregates, then the baseline's scores beside them."""
+    `dvc metrics diff` compares them), then the aggregates, the ensembles and the baseline's scores beside them."""
     cell_summary = summary["cells"][selected]
     means = {key: cell_summary[key]["mean"] if key in cell_summary else None for key in SEED_METRICS}
     return {"cell": selected, "seeds": len(runs[selected]), **means, "seconds_per_epoch": mean_seconds(runs, selected),
-            "params": seed_values(runs, selected, "params")[0], **summary,
+            "params": seed_values(runs, selected, "params")[0], **summary, "ensemble": dict(ensemble),
             "baseline": baseline_comparison(means, baseline)}
 
 
@@ -597,6 +645,29 @@ def baseline_section(selected: str, summary: Mapping[str, Any], head: Mapping[st
             + table(["", "Test accuracy", "Test macro-F1"], rows, "lrr"))
 
 
+def ensemble_section(ensemble: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any],
+                     baseline: Mapping[str, Any]) -> str:
+    """The ensembles' test scores beside the cells' means over seeds and the baseline."""
+    cells = list(summary["cells"])
+    both = ensemble["_and_".join(cells)]
+    rows = [(f"{' and '.join(c.upper() for c in cells)}, {both['runs']} runs averaged",
+             *(fmt_score(both[key]) for key in BASELINE_SCORES))]
+    rows += [(f"{cell.upper()}, {ensemble[cell]['runs']} seeds averaged",
+              *(fmt_score(ensemble[cell][key]) for key in BASELINE_SCORES)) for cell in cells]
+    rows += [(f"{cell.upper()}, one run (mean over seeds)",
+              *(fmt_score(summary["cells"][cell].get(key, {}).get("mean")) for key in BASELINE_SCORES))
+             for cell in cells]
+    rows.append((baseline["name"], *(fmt_score(baseline[key]) for key in BASELINE_SCORES)))
+    gap = both["test_accuracy"] - baseline["test_accuracy"]
+    return ("## Ensembles\n\n"
+            f"**Every run of both cells together: test accuracy {fmt_score(both['test_accuracy'])}; "
+            f"{baseline['name']}: {fmt_score(baseline['test_accuracy'])} ({_gap(gap)}).**\n\n"
+            "An ensemble averages the runs' predicted probabilities on each test post and takes the most probable "
+            f"group (`ensemble` in `{artifacts.REPORT_METRICS.as_posix()}`; the probabilities are "
+            f"`{artifacts.PROBABILITIES_DIR.as_posix()}/{{cell}}/seed{{N}}.npz`).\n\n"
+            + table(["", "Test accuracy", "Test macro-F1"], rows, "lrr"))
+
+
 def training_section(lab: bool = True) -> str:
     """Learning curves and time per epoch of both cells."""
     stars = "; stars: the lab's validation accuracy" if lab else ""
@@ -792,6 +863,8 @@ def gradients_facts(gradients: Mapping[str, Any], runs: Mapping[str, CellRun]) -
         "curve_rows": _curve_rows(gradients),
         **_recurrence_facts(gradients),
         "max_pool": _max_pool_facts(gradients),
+        # the pooling of the model the gradients stage measured (max: the lab's)
+        "pooling_name": POOLING_NAMES[gradients["sizes"].get("pooling", "max")],
         "simple_rnn_training": {"epoch": training.get("epoch"), "val_accuracy": training.get("val_accuracy")},
         "val_accuracy": {cell: run.metrics["val_accuracy"] for cell, run in runs.items()},
         **_exploding_facts(gradients),
@@ -842,6 +915,7 @@ def report_sections(selected: str, runs: SeedRuns, summary: Mapping[str, Any], h
         seeds_section(runs, summary),
         comparison_section(selected, mean_metrics(runs), head["seeds"], corpus.is_lab),
         baseline_section(selected, summary, head, baseline),
+        ensemble_section(head["ensemble"], summary, baseline),
         training_section(corpus.is_lab),
         selected_cell_section(selected, next(iter(runs[selected])), scores, confusions),
         gradients_section(gradients, reference_runs(runs)),

@@ -47,7 +47,8 @@ class TrainingResult:
     history: list[dict[str, Any]]
     metrics: dict[str, Any]
     predictions: "pd.DataFrame"
-    vocabulary_sha256: str
+    probabilities: np.ndarray  # (test posts, groups), float32: what the report's ensemble averages
+    test: Split
 
 
 # --- inputs ---------------------------------------------------------------------------
@@ -172,22 +173,24 @@ def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-def fused_gaps(params: Params) -> list[str]:
-    """The levers set in params that the fused trainer does not reproduce (it needs Embedding followed by plain
-    LSTM/GRU layers, and a constant learning rate), as `key = value` for the one-line notice."""
+def fused_gaps(params: Params, cell: str = "lstm") -> list[str]:
+    """The cell and levers set in params that the fused trainer does not reproduce (it needs Embedding followed by
+    plain LSTM/GRU layers, and a constant learning rate), as `key = value` for the one-line notice."""
     m, t = params.model, params.train
-    return [shown for shown, is_set in (("model.bidirectional = true", m.bidirectional),
+    return [shown for shown, is_set in (("cell = simple_rnn", cell == "simple_rnn"),
+                                        ("model.bidirectional = true", m.bidirectional),
+                                        (f"model.embedding_dropout = {m.embedding_dropout}", m.embedding_dropout > 0),
                                         (f"model.spatial_dropout = {m.spatial_dropout}", m.spatial_dropout > 0),
                                         (f"train.lr_schedule = {t.lr_schedule}", t.lr_schedule != "constant"))
             if is_set]
 
 
-def trainer_for_device(params: Params, gpus: int) -> str:
+def trainer_for_device(params: Params, gpus: int, cell: str = "lstm") -> str:
     """train.trainer as it runs here; one line on stderr where that is not the fused trainer asked for: on a GPU
     Keras's model.fit runs (cuDNN's LSTM and GRU), the fused trainer and its native ops being CPU code; without
     the lstm_vs_gru.fused package; and for a model or schedule it does not reproduce (fused_gaps)."""
     train_params = params.train
-    gaps = fused_gaps(params)
+    gaps = fused_gaps(params, cell)
     if train_params.trainer != "fused" or (not gpus and fused is not None and not gaps):
         return train_params.trainer
     if gpus:
@@ -265,8 +268,10 @@ def dvclive_callbacks(cell: str, seed: int) -> list["keras.callbacks.Callback"]:
 
 # --- evaluation -----------------------------------------------------------------------
 
-def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[str, float], "pd.DataFrame"]:
-    """Test loss, accuracy and macro-F1 from one prediction pass, and the predictions by group name.
+def evaluate(model: "keras.Model", test: Split,
+             batch_size: int) -> tuple[dict[str, float], "pd.DataFrame", np.ndarray]:
+    """Test loss, accuracy and macro-F1 from one prediction pass, the predictions by group name and the
+    probabilities.
 
     The loss is Keras's sparse cross-entropy on the predicted probabilities: what
     model.evaluate would report, without a second pass over the test set."""
@@ -283,7 +288,7 @@ def evaluate(model: "keras.Model", test: Split, batch_size: int) -> tuple[dict[s
         "test_macro_f1": float(f1_score(test.y, predicted, average="macro", zero_division=0)),
     }
     predictions = pd.DataFrame({"actual": test.groups[test.y], "predicted": test.groups[predicted]})
-    return scores, predictions
+    return scores, predictions, probabilities
 
 
 def kept_epoch(history: list[dict[str, Any]], train_params: TrainParams) -> int:
@@ -326,28 +331,30 @@ def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> 
 
     seed_everything(params.train.seed)
     model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
-    train_params = replace(params.train, trainer=trainer_for_device(params, gpu_count()))
+    train_params = replace(params.train, trainer=trainer_for_device(params, gpu_count(), cell))
     if train_params.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
         compile_model(model, train_params, steps_per_epoch(len(train.x), train_params))
     callbacks = [*dvclive_callbacks(cell, train_params.seed), *early_stopping(train_params)]
     history = fit(model, train.x, train.y, train_params, callbacks)
-    scores, predictions = evaluate(model, test, train_params.batch_size)
+    scores, predictions, probabilities = evaluate(model, test, train_params.batch_size)
     metrics = summarize(cell, train_params.seed, model.count_params(), history, scores,
                         trained_with(train_params.trainer), kept_epoch(history, train_params))
     return TrainingResult(model=model, history=history, metrics=metrics, predictions=predictions,
-                          vocabulary_sha256=train.vocabulary_sha256)
+                          probabilities=probabilities, test=test)
 
 
 # --- outputs --------------------------------------------------------------------------
 
 def write_outputs(cell: str, seed: int, result: TrainingResult) -> None:
-    """Write the model, test predictions and metrics, each atomically; metrics last, as the sign of a complete
-    run (DVCLive wrote the history while training)."""
+    """Write the model, test predictions and probabilities and metrics, each atomically; metrics last, as the sign
+    of a complete run (DVCLive wrote the history while training)."""
     with artifacts.atomic_path(artifacts.model_path(cell, seed)) as tmp:
         result.model.save(tmp)  # the temporary name ends in .keras, which Keras requires
         # for lstm_vs_gru.cli.predict: refuse to run this model on text encoded with another vocabulary
-        artifacts.stamp_model(tmp, {"vocabulary_sha256": result.vocabulary_sha256})
+        artifacts.stamp_model(tmp, {"vocabulary_sha256": result.test.vocabulary_sha256})
     artifacts.write_table(artifacts.predictions_path(cell, seed), result.predictions)
+    artifacts.write_npz(artifacts.probabilities_path(cell, seed), probabilities=result.probabilities.astype(np.float32),
+                        labels=result.test.y, groups=result.test.groups)
     artifacts.write_json(artifacts.run_metrics_path(cell, seed), result.metrics)
 
 

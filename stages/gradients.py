@@ -25,10 +25,11 @@ def write_outputs(p: Params, sample: Sample, m: Measurements, n_classes: int) ->
         artifacts.write_table(artifacts.gradient_curve_path(name, setting, length),
                               curve_table(*(m.curves[name, setting, length, readout] for readout in READOUTS)))
     artifacts.write_table(artifacts.GRADIENT_CLIPPING, clipping_table(m.unclipped, m.clipped))
-    artifacts.write_png(plot_gradient_flow(m.curves, p.gradients.cells, p.gradients.seq_lengths),
+    artifacts.write_png(plot_gradient_flow(m.curves, p.gradients.cells, p.gradients.seq_lengths, p.model.pooling),
                         artifacts.gradient_figure_path("gradient_flow"))
     artifacts.write_png(plot_exploding(m.curves, p.gradients.seq_lengths, m.unclipped, m.clipped,
-                                       p.gradients.recurrent_scale), artifacts.gradient_figure_path("exploding"))
+                                       p.gradients.recurrent_scale, p.model.pooling),
+                        artifacts.gradient_figure_path("exploding"))
     artifacts.write_json(artifacts.metrics_path("gradients"), gradient_metrics(p, sample, m, n_classes))
 
 

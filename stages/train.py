@@ -1,5 +1,6 @@
 """Stage `train_lstm@SEED` / `train_gru@SEED` (one per seed of `train.seeds`): train one classifier and evaluate
 it on the test split, `python -m stages.train lstm|gru [--seed N]` (default: the first of train.seeds).
+`simple_rnn` trains the plain RNN the same way (bench/levers.py measures it; the pipeline compares LSTM and GRU).
 
 Per-epoch logs go to dvclive/{cell}/seed{N}/ while training runs; models/{cell}/seed{N}.keras,
 metrics/{cell}/seed{N}.json and plots/{cell}/seed{N}/{history,predictions}.csv are written only after
@@ -13,17 +14,17 @@ from typing import Sequence
 
 from lstm_vs_gru import training
 from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
-from lstm_vs_gru.params import CELL_CHOICES, Params, load
+from lstm_vs_gru.params import Params, TRAINABLE_CELLS, load
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The cell (checked against params.CELL_CHOICES) and the seed named on the command line."""
+    """The cell (checked against params.TRAINABLE_CELLS) and the seed named on the command line."""
     parser = OneLineParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
-    parser.add_argument("cell", help="the recurrent cell to train: " + " or ".join(CELL_CHOICES))
+    parser.add_argument("cell", help="the recurrent cell to train: " + ", ".join(TRAINABLE_CELLS))
     parser.add_argument("--seed", type=int, default=None, help="one of train.seeds (default: the first)")
     args = parser.parse_args(argv)
-    if args.cell not in CELL_CHOICES:
-        raise UserError(f"unknown cell {args.cell!r}: must be one of {', '.join(CELL_CHOICES)}")
+    if args.cell not in TRAINABLE_CELLS:
+        raise UserError(f"unknown cell {args.cell!r}: must be one of {', '.join(TRAINABLE_CELLS)}")
     return args
 
 

@@ -375,11 +375,14 @@ def test_alpha_is_only_for_keys_over_seeds():
 
 def test_project_rules_judge_every_cell_s_scores_over_seeds():
     rules = gate.load_rules(ROOT / "gate.yaml")
-    assert gate.rule_files(rules) == ["metrics/report.json"]
-    gated = {rule.key: rule for rule in rules if rule.gate}
+    assert gate.rule_files(rules) == ["metrics/report.json", "metrics/baseline.json"]
+    gated = {rule.key: rule for rule in rules if rule.gate and rule.file == "metrics/report.json"}
     assert set(gated) == {f"per_seed.{cell}.{metric}.*" for cell in ("lstm", "gru")
                           for metric in ("test_accuracy", "test_macro_f1", "val_accuracy")}
     assert all(rule.over_seeds and rule.alpha == 0.05 and rule.better == "higher" for rule in gated.values())
+    baseline = {rule.key: rule for rule in rules if rule.file == "metrics/baseline.json"}
+    assert set(baseline) == {"test_accuracy", "test_macro_f1"}
+    assert all(rule.gate and not rule.over_seeds and rule.abs_tol == 0.01 for rule in baseline.values())
     assert gated["per_seed.lstm.test_accuracy.*"].min == gated["per_seed.gru.test_accuracy.*"].min == 0.30
     reported = {rule.key: rule for rule in rules if not rule.gate}
     assert {"test_accuracy", "seconds_per_epoch", "verdict", "trained_with.lstm", "trained_with.gru"} <= set(reported)

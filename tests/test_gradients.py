@@ -333,7 +333,7 @@ def test_stage_metrics_summarise_the_curves_and_count_parameters(stage_run):
         p = load()
     assert metrics["sizes"] == {"num_words": NUM_WORDS, "embedding_dim": 4, "units": 3, "dense_units": 5,
                                 "n_classes": 3, "gru_reset_after": True, "bidirectional": False, "layers": 1,
-                                "pooling": "max", "spatial_dropout": 0.0}
+                                "pooling": "max", "embedding_dropout": 0.0, "spatial_dropout": 0.0}
     for cell in ("simple_rnn", "lstm", "gru"):
         assert metrics["params"][cell] == {
             "model": expected_param_count(cell, NUM_WORDS, p.model, 3),
@@ -395,3 +395,11 @@ def test_importing_the_stage_does_not_import_tensorflow():
     code = "import stages.gradients, sys; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_figures_name_the_pooling_of_the_model_they_read():
+    curves = {("lstm", "init", 4, readout): np.ones(4) for readout in gradient_flow.READOUTS}
+    figure = gradient_flow.plot_gradient_flow(curves, ["lstm"], [4], "max_mean")
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["L = 4: the model as built (global max + mean pooling)", "L = 4: read from the last state only"]
+    assert gradient_flow.readout_title("max_pool", "max") == "the model as built (global max pooling)"

@@ -86,8 +86,8 @@ def test_layer_sequence_is_the_labs() -> None:
 
 
 LEVERS = [{"bidirectional": True}, {"layers": 3}, {"pooling": "mean"}, {"pooling": "max_mean"},
-          {"pooling": "attention"}, {"spatial_dropout": 0.2},
-          {"bidirectional": True, "layers": 2, "pooling": "max_mean", "spatial_dropout": 0.1}]
+          {"pooling": "attention"}, {"spatial_dropout": 0.2}, {"embedding_dropout": 0.3},
+          {"bidirectional": True, "layers": 2, "pooling": "max_mean", "embedding_dropout": 0.2, "spatial_dropout": 0.1}]
 
 
 @pytest.mark.parametrize("cell", RECURRENT_CELLS)
@@ -100,16 +100,19 @@ def test_keras_count_equals_formula_with_the_levers(cell: str, levers: dict) -> 
 def test_levers_build_the_chain_they_name() -> None:
     import keras
 
-    params = replace(SMALL, bidirectional=True, layers=2, pooling="attention", spatial_dropout=0.2)
+    params = replace(SMALL, bidirectional=True, layers=2, pooling="attention", embedding_dropout=0.3,
+                     spatial_dropout=0.2)
     model = build_model("lstm", 40, 12, 6, params)
-    assert [layer.name for layer in model.layers] == ["tokens", "embedding", "spatial_dropout", "lstm", "lstm_2",
-                                                      "attention_pool", "dropout_pooled", "hidden", "dropout_hidden",
-                                                      "output"]
+    assert [layer.name for layer in model.layers] == ["tokens", "embedding", "embedding_dropout", "spatial_dropout",
+                                                      "lstm", "lstm_2", "attention_pool", "dropout_pooled", "hidden",
+                                                      "dropout_hidden", "output"]
     first = model.get_layer("lstm")
     assert isinstance(first, keras.layers.Bidirectional) and first.forward_layer.return_sequences
     assert model.get_layer("spatial_dropout").rate == 0.2
+    assert type(model.get_layer("embedding_dropout")) is keras.layers.Dropout
+    assert model.get_layer("embedding_dropout").rate == 0.3
     assert tuple(model.get_layer("attention_pool").output.shape) == (None, 2 * SMALL.units)
-    assert describe(params, 6) == ("Embedding → spatial dropout → 2 × bidirectional LSTM/GRU → attention pooling → "
+    assert describe(params, 6) == ("Embedding → dropout → spatial dropout → 2 × bidirectional LSTM/GRU → attention pooling → "
                                    "dropout → dense → dropout → 6-way softmax")
     assert describe(None, 20) == describe(SMALL, 20) == ("Embedding → LSTM/GRU → global max pooling → dropout → "
                                                          "dense → dropout → 20-way softmax")

@@ -28,7 +28,8 @@ def test_shipped_params_are_the_lab_defaults():
     assert (p.train.epochs, p.train.batch_size, p.train.validation_split, p.train.seed) == (2, 32, 0.1, 0)
     assert p.train.learning_rate == 0.001 and p.train.clipnorm is None and p.train.trainer == "fused"
     assert p.train.lazy_adam is False  # Keras' Adam over every embedding row, as the lab
-    assert (p.model.bidirectional, p.model.layers, p.model.pooling, p.model.spatial_dropout) == (False, 1, "max", 0.0)
+    assert (p.model.bidirectional, p.model.layers, p.model.pooling) == (False, 1, "max")
+    assert p.model.embedding_dropout == p.model.spatial_dropout == 0.0
     assert (p.train.lr_schedule, p.train.early_stopping) == ("constant", None)
     assert p.baseline == params.BaselineParams(model="linear_svc", sublinear_tf=True, max_df=0.5, stop_words="english",
                                                max_features=None, C=1.0, seed=0)
@@ -68,6 +69,7 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("model.layers", 0, "an integer >= 1"),
         ("model.pooling", "sum", "one of max, mean, max_mean, attention"),
         ("model.spatial_dropout", 1.0, "a number in [0.0, 1.0)"),
+        ("model.embedding_dropout", -0.1, "a number in [0.0, 1.0)"),
         ("train.lr_schedule", "step", "one of constant, cosine"),
         ("train.early_stopping", 0, "null or an integer >= 1"),
         ("tokenize.num_words", 1, "an integer >= 2"),

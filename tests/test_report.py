@@ -89,6 +89,23 @@ def fake_predictions(seed: int, posts: int = 600, hit_rate: float = 0.55) -> pd.
     return pd.DataFrame({"actual": [GROUPS[i] for i in actual], "predicted": [GROUPS[i] for i in predicted]})
 
 
+TEST_LABELS = np.random.default_rng(99).integers(0, len(GROUPS), 600)
+
+
+def fake_probabilities(seed: int, hit_rate: float = 0.55) -> np.ndarray:
+    """A run's test probabilities over TEST_LABELS: noise plus a bump on the true group for `hit_rate` of posts."""
+    rng = np.random.default_rng(seed)
+    scores = rng.random((len(TEST_LABELS), len(GROUPS)))
+    hits = rng.random(len(TEST_LABELS)) < hit_rate
+    scores[hits, TEST_LABELS[hits]] += 1.0
+    return (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_fake_probabilities(root: Path, cell: str, seed: int, probabilities: np.ndarray) -> None:
+    artifacts.write_npz(root / artifacts.probabilities_path(cell, seed), probabilities=probabilities,
+                        labels=TEST_LABELS, groups=np.array(GROUPS))
+
+
 # log10(first/last) through the last state at L = 400, shaped like a real run: the trained plain RNN
 # forgets fastest, the trained LSTM least; untrained, the gated cells forget faster than the plain RNN.
 FAKE_LAST_STATE_LOG10 = {("simple_rnn", "init"): -3.93, ("simple_rnn", "trained"): -20.64,
@@ -151,6 +168,7 @@ def write_fake_run(root: Path, cell_in_params: str = "lstm", shifts: dict | None
             artifacts.write_json(root / artifacts.run_metrics_path(cell, seed), metrics)
             write_dvclive_history(root, cell, seed, fake_history(metrics))
             artifacts.write_table(root / artifacts.predictions_path(cell, seed), fake_predictions(10 * seed + number))
+            write_fake_probabilities(root, cell, seed, fake_probabilities(10 * seed + number))
     artifacts.write_json(root / artifacts.metrics_path("gradients"), fake_gradients())
     artifacts.write_json(root / artifacts.metrics_path("fetch"), FAKE_FETCH)
     artifacts.write_json(root / artifacts.BASELINE_METRICS, FAKE_BASELINE)
@@ -198,7 +216,8 @@ def test_report_json_holds_the_selected_cells_means_then_the_aggregates(built):
     assert written["seeds"] == len(SEEDS)
     assert {key: written[key] for key in list(written)[2:7]} == pytest.approx(
         {key: FAKE_METRICS[cell][key] for key in list(written)[2:7]}, abs=1e-6)
-    assert list(written)[7:] == ["cells", "gru_minus_lstm", "verdict", "trained_with", "per_seed", "baseline"]
+    assert list(written)[7:] == ["cells", "gru_minus_lstm", "verdict", "trained_with", "per_seed", "ensemble",
+                                 "baseline"]
     assert written["trained_with"] == {"lstm": "native", "gru": "native"}
 
 
@@ -217,6 +236,47 @@ def test_the_aggregates_equal_a_direct_computation_from_the_per_seed_metrics(bui
             assert written["per_seed"][cell][key] == {str(seed): value for seed, value in zip(SEEDS, values)}
         difference = np.subtract(per_seed["gru"][key], per_seed["lstm"][key])
         assert written["gru_minus_lstm"][key]["mean"] == pytest.approx(difference.mean(), abs=1e-6)
+
+
+def test_the_ensembles_average_the_runs_probabilities(built):
+    _, root = built
+    written = json.loads((root / artifacts.REPORT_METRICS).read_text(encoding="utf-8"))["ensemble"]
+    runs = {cell: [fake_probabilities(10 * seed + number) for seed in SEEDS]
+            for number, cell in enumerate(artifacts.CELLS)}
+
+    def scores(members):
+        predicted = np.mean(members, axis=0).argmax(axis=1)
+        return {"runs": len(members), "test_accuracy": pytest.approx(np.mean(predicted == TEST_LABELS), abs=1e-6),
+                "test_macro_f1": pytest.approx(f1_score(TEST_LABELS, predicted, average="macro"), abs=1e-6)}
+
+    assert written == {"lstm": scores(runs["lstm"]), "gru": scores(runs["gru"]),
+                       "lstm_and_gru": scores(runs["lstm"] + runs["gru"])}
+    # independent noise averages out: six runs beat one by far
+    single = np.mean(fake_probabilities(0).argmax(axis=1) == TEST_LABELS)
+    assert written["lstm_and_gru"]["test_accuracy"] > single + 0.1
+    markdown = (root / artifacts.REPORT_MD).read_text(encoding="utf-8")
+    section = markdown.split("## Ensembles", 1)[1].split("\n## ", 1)[0]
+    both = written["lstm_and_gru"]["test_accuracy"]
+    assert (f"**Every run of both cells together: test accuracy {both:.4f}; TF-IDF + LinearSVC: 0.8613 "
+            f"({both - 0.861259:.4f} higher).**") in section
+    assert f"| LSTM and GRU, 6 runs averaged | {both:.4f} |" in section
+    assert f"| GRU, 3 seeds averaged | {written['gru']['test_accuracy']:.4f} |" in section
+
+
+def test_runs_scoring_other_test_posts_are_refused_in_one_line(run_dir):
+    shuffled = np.random.default_rng(0).permutation(TEST_LABELS)
+    artifacts.write_npz(artifacts.probabilities_path("gru", 1), probabilities=fake_probabilities(11),
+                        labels=shuffled, groups=np.array(GROUPS))
+    with pytest.raises(UserError, match=r"predictions/gru/seed1.npz: scores other test posts or groups than "
+                                        r"predictions/lstm/seed0.npz: re-run `dvc repro`$"):
+        report_stage.write_report("lstm", SEEDS)
+    write_fake_probabilities(run_dir, "gru", 1, fake_probabilities(11)[:, :5])
+    with pytest.raises(UserError, match=r"probabilities of shape \(600, 5\), expected finite values for \(600 test "
+                                        r"posts, 20 groups\): re-run `dvc repro train_gru@1`"):
+        report_stage.write_report("lstm", SEEDS)
+    artifacts.probabilities_path("gru", 1).unlink()
+    with pytest.raises(UserError, match=r"predictions/gru/seed1.npz"):
+        report_stage.write_report("lstm", SEEDS)
 
 
 @pytest.mark.parametrize("shifts, verdict", [
@@ -570,3 +630,12 @@ def test_corrupt_gradients_metrics_is_a_one_line_user_error(run_dir):
     with pytest.raises(UserError, match=re.escape("missing keys clipping")) as error:
         report_stage.write_report("lstm", SEEDS)
     assert "\n" not in str(error.value) and "dvc repro gradients" in str(error.value)
+
+
+def test_gradients_section_names_the_pooling_the_model_was_built_with():
+    gradients = fake_gradients()
+    assert "whose global max pooling reads every step's output" in report.gradients_section(gradients, fake_runs())
+    gradients["sizes"]["pooling"] = "attention"
+    section = report.gradients_section(gradients, fake_runs())
+    assert "whose attention pooling reads every step's output" in section
+    assert "Top: the model as built (attention pooling)" in section and "global max" not in section

@@ -21,7 +21,7 @@ from lstm_vs_gru.fused import native_ops
 from lstm_vs_gru import report, training
 from stages import train as train_stage
 from lstm_vs_gru.errors import UserError
-from lstm_vs_gru.model import expected_param_count
+from lstm_vs_gru.model import expected_param_count, load_model
 from lstm_vs_gru.params import load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +149,20 @@ def test_a_lever_the_fused_trainer_lacks_trains_with_model_fit(project: Path, ca
             "training with Keras's model.fit") in capsys.readouterr().err
 
 
+def test_the_plain_rnn_trains_with_model_fit_and_says_why(project: Path, capsys) -> None:
+    import keras
+
+    train_stage.main(["simple_rnn"])
+    metrics = artifacts.read_json(artifacts.run_metrics_path("simple_rnn", 0))
+    assert metrics["cell"] == "simple_rnn" and metrics["trained_with"] == "keras"
+    assert metrics["params"] == expected_param_count("simple_rnn", NUM_WORDS, load().model, len(GROUPS))
+    assert ("the fused trainer does not reproduce cell = simple_rnn: training with Keras's model.fit"
+            in capsys.readouterr().err)
+    model = load_model(artifacts.model_path("simple_rnn", 0))
+    assert isinstance(model.get_layer("simple_rnn"), keras.layers.SimpleRNN)
+    assert len(pd.read_csv(artifacts.predictions_path("simple_rnn", 0))) == N_TEST
+
+
 def test_same_params_give_identical_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = []
     for name in ("first", "second"):
@@ -213,7 +227,7 @@ def run_stage(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_bad_cell_fails_in_one_line_before_tensorflow(project: Path) -> None:
     result = run_stage("rnn", cwd=project)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["error: unknown cell 'rnn': must be one of lstm, gru"]
+    assert result.stderr.splitlines() == ["error: unknown cell 'rnn': must be one of simple_rnn, lstm, gru"]
     assert result.stdout.strip() == "False"
 
 
@@ -321,6 +335,7 @@ def test_levers_the_fused_trainer_does_not_reproduce_fall_back_to_model_fit_in_o
     lab = load()
     for model, train, shown in [({"bidirectional": True}, {}, "model.bidirectional = true"),
                                 ({"spatial_dropout": 0.2}, {}, "model.spatial_dropout = 0.2"),
+                                ({"embedding_dropout": 0.1}, {}, "model.embedding_dropout = 0.1"),
                                 ({}, {"lr_schedule": "cosine"}, "train.lr_schedule = cosine")]:
         params = replace(lab, model=replace(lab.model, **model), train=replace(lab.train, **train))
         assert training.trainer_for_device(params, 0) == "keras"
