@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -171,7 +170,7 @@ def test_tuned_experiment_runs_every_stage_and_predicts(clean):
     seed (the tuned values of every other lever as committed)."""
     project = clean
     options = project.run(sys.executable, "-m", "lstm_vs_gru.cli.set_params", "configs/tuned.yaml").stdout
-    ran = project.dvc("exp", "run", "-n", "tuned", *shlex.split(options),
+    ran = project.dvc("exp", "run", "-n", "tuned", *options.split(),
                       "-S", "pad.maxlen=40", "-S", "train.epochs=2", "-S", "train.seeds=[0]")
     assert "Running stage 'report'" in ran.stdout and "Running stage 'gradients'" in ran.stdout
 

@@ -10,7 +10,6 @@ DVC then records the experiment's params, metrics and outputs as for any `-S` ru
 from __future__ import annotations
 
 import copy
-import shlex
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -49,9 +48,29 @@ def apply(base: dict[str, Any], overrides: dict[str, Any], source: Path) -> dict
     return merged
 
 
+UNSAFE_IN_SHELL = "'\"*?$`;&|<>()"
+
+
+def option_value(value: Any) -> str:
+    """A value as DVC's `-S` grammar reads it, without spaces: `$(...)` splits the printed options on
+    whitespace and ignores quotes, so `[0, 1, 2]` would reach DVC as three broken words."""
+    if isinstance(value, list):
+        return "[" + ",".join(option_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{option_value(item)}" for key, item in value.items()) + "}"
+    return params.flow_yaml(value)
+
+
 def dvc_options(overrides: dict[str, Any]) -> list[str]:
-    """`-S key=value` for each override, the value in YAML's flow style (as DVC parses it)."""
-    return [part for dotted, value in overrides.items() for part in ("-S", f"{dotted}={params.flow_yaml(value)}")]
+    """`-S key=value` for each override; refuses a value that the shell's word splitting would break."""
+    options = []
+    for dotted, value in overrides.items():
+        shown = option_value(value)
+        if any(char.isspace() or char in UNSAFE_IN_SHELL for char in shown):
+            raise UserError(f"{dotted} = {shown}: a value passed through $(...) "
+                            f"may not hold spaces or {UNSAFE_IN_SHELL}")
+        options += ["-S", f"{dotted}={shown}"]
+    return options
 
 
 def params_with(file: Path, params_path: Path = params.PARAMS) -> params.Params:
@@ -66,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=params.PARAMS, help="the params.yaml to check against")
     args = parser.parse_args(argv)
     params_with(args.file, args.params)  # ParamError: the key, its value and what is allowed
-    print(shlex.join(dvc_options(read_overrides(args.file))))
+    print(" ".join(dvc_options(read_overrides(args.file))))
 
 
 if __name__ == "__main__":
