@@ -878,6 +878,14 @@ def _format(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+def _norm(value: Any, spec: str) -> str:
+    """Template filter for a measured norm: gradients.json holds None where it overflowed float32."""
+    return NOT_FINITE if value is None else _format(value, spec)
+
+
+NOT_FINITE = "not finite (beyond float32)"
+
+
 def _paragraph(text: str) -> str:
     """Template filter: a paragraph written over several source lines as one markdown line."""
     return re.sub(r"\n[ \t]*", " ", text)
@@ -889,7 +897,7 @@ def templates() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("lstm_vs_gru", "templates"), undefined=jinja2.StrictUndefined,
         trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    environment.filters.update(fmt=_format, integer=fmt_count, score=fmt_score, paragraph=_paragraph)
+    environment.filters.update(fmt=_format, norm=_norm, integer=fmt_count, score=fmt_score, paragraph=_paragraph)
     environment.globals["missing"] = MISSING
     return environment
 

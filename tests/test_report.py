@@ -639,3 +639,19 @@ def test_gradients_section_names_the_pooling_the_model_was_built_with():
     section = report.gradients_section(gradients, fake_runs())
     assert "whose attention pooling reads every step's output" in section
     assert "Top: the model as built (attention pooling)" in section and "global max" not in section
+
+
+def test_gradients_section_says_when_the_clipping_runs_overflowed():
+    """At maxlen 400 the scaled RNN's gradient exceeds float32: gradients.json holds None for its norms."""
+    gradients = fake_gradients()
+    overflowed = {key: None for key in ("median_grad_norm", "max_grad_norm", "median_clipped_grad_norm",
+                                        "median_update_norm", "max_update_norm")}
+    for run in ("unclipped", "clipnorm_run"):
+        gradients["clipping"][run] = {**gradients["clipping"][run], **overflowed, "clipped_steps": 0}
+    section = report.gradients_section(gradients, fake_runs())
+    assert "its global gradient norm was not finite (beyond float32) in at least half of the steps" in section
+    assert "a norm that is not finite cannot be clipped" in section and "steps were clipped" not in section
+
+    gradients["clipping"]["unclipped"]["median_grad_norm"] = 8.1e30  # finite median, an overflowed largest
+    section = report.gradients_section(gradients, fake_runs())
+    assert "had a median of 8.1e+30 (largest not finite (beyond float32))" in section
