@@ -193,3 +193,38 @@ def test_tuned_experiment_runs_every_stage_and_predicts(clean):
     top = json.loads(predicted.stdout.strip().splitlines()[-1])["top"]
     assert top[0]["group"] in GROUPS
     assert project.repro() == set()  # the experiment's outputs are the workspace's: nothing left to run
+
+
+def test_tuned_folder_runs_every_stage_beside_the_lab_and_predicts(clean):
+    """tuned/ as the README runs it (`dvc repro tuned/dvc.yaml`), here with shorter posts, fewer epochs and one
+    seed: its own outputs and dvc.lock under tuned/, the lab's untouched."""
+    project = clean
+    lab_report = project.json("metrics/report.json")
+    project.run(sys.executable, "-m", "lstm_vs_gru.cli.set_params", "configs/tuned.yaml", "--folder", "tuned")
+    folder_params = project.path / "tuned" / "params.yaml"
+    settings = yaml.safe_load(folder_params.read_text())
+    settings["pad"]["maxlen"], settings["train"]["epochs"], settings["train"]["seeds"] = 40, 2, [0]
+    folder_params.write_text(yaml.safe_dump(settings, sort_keys=False))
+
+    ran = project.repro("tuned/dvc.yaml")
+    assert ran == {f"tuned/dvc.yaml:{stage}" for stage in project_stages([0])}
+    for cell in ("lstm", "gru"):
+        metrics = project.json(f"tuned/metrics/{cell}/seed0.json")
+        assert metrics["trained_with"] in ("native", "xla") and 1 <= metrics["kept_epoch"] <= metrics["epochs"] <= 2
+        assert metrics["params"] > project.json(f"metrics/{cell}/seed0.json")["params"]  # 64 units, max_mean
+    report = project.json("tuned/metrics/report.json")
+    assert (report["seeds"], report["cell"]) == (1, "gru")  # configs/tuned.yaml puts GRU forward
+    baselines = [{key: value for key, value in project.json(f"{folder}metrics/baseline.json").items()
+                  if key != "fit_seconds"} for folder in ("", "tuned/")]
+    assert baselines[0] == baselines[1]  # the same posts, split and baseline params
+    assert project.json("metrics/report.json") == lab_report and project.repro() == set()
+    assert project.repro("tuned/dvc.yaml") == set()
+    shown = json.loads(project.dvc("metrics", "show", "--json").stdout)
+    assert json.dumps(shown).count("tuned/metrics/report.json") == 1
+
+    in_folder = Project(project.path / "tuned")
+    in_folder.env = project.env
+    predicted = in_folder.run(sys.executable, "-m", "lstm_vs_gru.cli.predict", "--json", "--cell", "gru",
+                              "the goalie stopped the puck in the playoffs")
+    top = json.loads(predicted.stdout.strip().splitlines()[-1])["top"]
+    assert top[0]["group"] in GROUPS

@@ -1,9 +1,13 @@
-"""The tuned configuration (configs/tuned.yaml) as `dvc exp run` options: `lstm_vs_gru.cli.set_params`.
-tests/test_pipeline.py runs it through every stage."""
+"""The tuned configuration (configs/tuned.yaml) as `dvc exp run` options and as the pipeline folder tuned/:
+`lstm_vs_gru.cli.set_params`. tests/test_pipeline.py runs both through every stage."""
 from __future__ import annotations
 
-import pytest
+import re
 
+import pytest
+import yaml
+
+from lstm_vs_gru import params
 from lstm_vs_gru.cli import set_params
 from lstm_vs_gru.errors import UserError
 from tests.dvc_project import ROOT
@@ -42,3 +46,45 @@ def test_a_value_the_shell_would_split_is_refused():
         "-S", "train.seeds=[0,1]", "-S", "data.remove=[headers]"]
     with pytest.raises(UserError, match=r"data.source = my corpus: a value passed through \$\(...\) may not"):
         set_params.dvc_options({"data.source": "my corpus"})
+
+
+def test_the_committed_tuned_folder_is_what_set_params_writes_now():
+    """tuned/ follows params.yaml, dvc.yaml and configs/tuned.yaml: a change to them regenerates it."""
+    written = set_params.pipeline_folder(TUNED, ROOT / "tuned", ROOT)
+    for path, text in written.items():
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.relative_to(ROOT)} is stale: python -m lstm_vs_gru.cli.set_params configs/tuned.yaml --folder tuned")
+
+
+def test_the_folder_holds_the_tuned_values_and_reads_the_corpus_and_code_from_the_root():
+    tuned = yaml.safe_load((ROOT / "tuned" / "params.yaml").read_text())
+    assert tuned["data"]["source"] == "../data/20news-bydate.tar.gz"
+    assert (tuned["pad"]["maxlen"], tuned["model"]["pooling"], tuned["train"]["seeds"]) == (400, "max_mean", [0, 1, 2])
+    assert params.parse(tuned, ROOT / "tuned" / "params.yaml").train.early_stopping == 3
+    lab, folder = (yaml.safe_load((root / "dvc.yaml").read_text()) for root in (ROOT, ROOT / "tuned"))
+    assert list(folder["stages"]) == list(lab["stages"]) and folder["plots"] == lab["plots"]
+    for name, stage in lab["stages"].items():
+        assert folder["stages"][name]["cmd"] == f"PYTHONPATH=.. {stage['cmd']}"
+        assert folder["stages"][name]["outs"] == stage["outs"]
+        assert folder["stages"][name]["deps"] == [f"../{dep}" if set_params.is_source(dep) else dep
+                                                   for dep in stage["deps"]]
+
+
+def test_every_dependency_is_code_the_corpus_or_a_stage_output():
+    """So re-rooting only stages/ and lstm_vs_gru/ is right: a new kind of dependency fails here first."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].values()
+
+    def pattern(path: str) -> str:
+        return re.sub(r"\$\{[^}]*\}", "*", path)
+
+    outs = [pattern(next(iter(out)) if isinstance(out, dict) else out)
+            for stage in stages for key in ("outs", "metrics") for out in stage.get(key, [])]
+    for dep in (pattern(dep) for stage in stages for dep in stage["deps"]):
+        produced = any(dep == out or dep.startswith(out + "/") or out.startswith(dep + "/") for out in outs)
+        assert set_params.is_source(dep) or dep == "*" or produced, dep
+
+
+@pytest.mark.parametrize("folder", [".", "..", "../elsewhere"])
+def test_a_folder_outside_the_project_is_refused(folder):
+    with pytest.raises(UserError, match=r"must be a folder inside the project"):
+        set_params.pipeline_folder(TUNED, ROOT / folder, ROOT)

@@ -6,15 +6,31 @@ The file mirrors params.yaml's sections, holding only the keys it changes. Use:
 
     dvc exp run -n tuned $(python -m lstm_vs_gru.cli.set_params configs/tuned.yaml)
 
-DVC then records the experiment's params, metrics and outputs as for any `-S` run."""
+DVC then records the experiment's params, metrics and outputs as for any `-S` run.
+
+With `--folder tuned` it writes a pipeline of its own instead: tuned/params.yaml (params.yaml with the file's
+values) and tuned/dvc.yaml (dvc.yaml's stages, reading the project's code from the root and writing their
+outputs, dvc.lock and metrics under tuned/), run with `dvc repro tuned/dvc.yaml`. Its results are then
+committed beside the main pipeline's, on the same branch."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import io
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Sequence
 
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
+
 from lstm_vs_gru import params
+from lstm_vs_gru.artifacts import write_text
 from lstm_vs_gru.errors import OneLineParser, UserError, exits_cleanly
+
+PIPELINE = Path("dvc.yaml")
+# The project's code: a pipeline folder's stages depend on it, and import it, from the project root. Every
+# other path of dvc.yaml (the corpus, data/, models/, metrics/, ...) is the folder's own.
+SOURCE_FOLDERS = ("stages", "lstm_vs_gru")
 
 
 def leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -78,14 +94,112 @@ def params_with(file: Path, params_path: Path = params.PARAMS) -> params.Params:
     return params.parse(apply(params.read_yaml(params_path), read_overrides(file), file), file)
 
 
+def round_trip_yaml() -> YAML:
+    """ruamel's round-trip YAML, indented as the project's files are: edits keep their comments and order."""
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 120
+    # null as params.yaml spells it, not an empty value
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
+
+
+def dump(yaml: YAML, tree: Any) -> str:
+    stream = io.StringIO()
+    yaml.dump(tree, stream)
+    return stream.getvalue()
+
+
+def without_leading_comments(text: str) -> str:
+    """The file from its first line that is neither a comment nor blank: its header describes the file."""
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#"))
+    return "".join(lines[start:])
+
+
+def from_folder(path: str, folder: PurePosixPath) -> str:
+    """A project-relative path as seen from `folder` (both relative to the project root)."""
+    return PurePosixPath(os.path.relpath(path, folder)).as_posix() if not os.path.isabs(path) else path
+
+
+def is_source(path: str) -> bool:
+    return PurePosixPath(path).parts[0] in SOURCE_FOLDERS
+
+
+def folder_params(params_text: str, overrides: dict[str, Any], folder: PurePosixPath, header: str) -> str:
+    """params.yaml with the overrides applied and data.source re-rooted for `folder`, comments kept."""
+    yaml = round_trip_yaml()
+    tree = yaml.load(params_text)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node[key]
+        node[leaf] = flow(value)
+    tree["data"]["source"] = from_folder(tree["data"]["source"], folder)
+    return header + dump(yaml, tree)
+
+
+def flow(value: Any) -> Any:
+    """Lists as params.yaml writes them, on one line."""
+    if not isinstance(value, list):
+        return value
+    seq = CommentedSeq(value)
+    seq.fa.set_flow_style()
+    return seq
+
+
+def folder_pipeline(pipeline_text: str, folder: PurePosixPath, header: str) -> str:
+    """dvc.yaml for a pipeline in `folder`: each stage's code dependencies read from the project root, and its
+    command importing stages/ from there; outputs, metrics and plots stay relative, so they land in `folder`."""
+    yaml = round_trip_yaml()
+    tree = yaml.load(without_leading_comments(pipeline_text))
+    root = from_folder(".", folder)
+    for stage in tree["stages"].values():
+        stage["cmd"] = f"PYTHONPATH={root} {stage['cmd']}"
+        deps = stage.get("deps", [])
+        for index, dep in enumerate(deps):  # in place, so each entry keeps its comment
+            if is_source(dep):
+                deps[index] = from_folder(dep, folder)
+    return header + dump(yaml, tree)
+
+
+def pipeline_folder(file: Path, folder: Path, root: Path = Path(".")) -> dict[Path, str]:
+    """The files of a pipeline of its own in `folder` (relative to the project root `root`): its params.yaml and
+    dvc.yaml, by path, as text."""
+    relative = PurePosixPath(os.path.relpath(folder.resolve(), root.resolve()))
+    if relative == PurePosixPath(".") or relative.parts[0] == "..":
+        raise UserError(f"--folder {folder}: must be a folder inside the project, not its root")
+    params_with(file, root / params.PARAMS)
+    shown = PurePosixPath(os.path.relpath(file.resolve(), root.resolve()))
+    command = f"python -m lstm_vs_gru.cli.set_params {shown} --folder {relative}"
+    written = f"# Written by `{command}`:\n# {{}}.\n# Edit the project's files, not this one, then run the command again.\n"
+    return {
+        folder / params.PARAMS: folder_params(
+            (root / params.PARAMS).read_text(encoding="utf-8"), read_overrides(file), relative,
+            written.format(f"the project's {params.PARAMS} with {shown} applied")),
+        folder / PIPELINE: folder_pipeline(
+            (root / PIPELINE).read_text(encoding="utf-8"), relative,
+            written.format(f"the project's {PIPELINE}, its stages run in {relative}/ on the project root's code")),
+    }
+
+
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m lstm_vs_gru.cli.set_params", description=__doc__.splitlines()[0])
     parser.add_argument("file", type=Path, help="a parameter-set file, e.g. configs/tuned.yaml")
-    parser.add_argument("--params", type=Path, default=params.PARAMS, help="the params.yaml to check against")
+    parser.add_argument("--params", type=Path, default=params.PARAMS,
+                        help="the params.yaml to check against (beside it: the dvc.yaml that --folder derives from)")
+    parser.add_argument("--folder", type=Path,
+                        help="write FOLDER/params.yaml and FOLDER/dvc.yaml, a pipeline of its own, instead")
     args = parser.parse_args(argv)
     params_with(args.file, args.params)  # ParamError: the key, its value and what is allowed
-    print(" ".join(dvc_options(read_overrides(args.file))))
+    if args.folder is None:
+        print(" ".join(dvc_options(read_overrides(args.file))))
+        return
+    for path, text in pipeline_folder(args.file, args.folder, root=args.params.parent).items():
+        write_text(path, text)
+    print(f"wrote {args.folder / params.PARAMS} and {args.folder / PIPELINE}; run: dvc repro {args.folder / PIPELINE}")
 
 
 if __name__ == "__main__":
