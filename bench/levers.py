@@ -46,6 +46,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "spatial_dropout": {"model.spatial_dropout": 0.2},
     "two_layers": {"model.layers": 2},
     "cosine": {"train.lr_schedule": "cosine"},
+    "units_128": {"model.units": 128, "model.dense_units": 128},
+    "num_words_50k": {"tokenize.num_words": 50000},
+    "batch_64": {"train.batch_size": 64},
 }
 
 
@@ -114,12 +117,13 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{'path':>7} {'train_s':>8}")
     rows: list[dict[str, Any]] = []
     prepared: dict[str, Path] = {}
+    settings = {"variants": {name: VARIANTS[name] for name in args.variants}, "tuned": read_overrides(TUNED),
+                "cells": args.cells, "seed": args.seed, "remove": args.remove}
     with tempfile.TemporaryDirectory(prefix="levers-") as scratch:
         for name in args.variants:
             rows += measure(name, args.cells, args.seed, args.remove, Path(scratch), prepared)
-    settings = {"variants": {name: VARIANTS[name] for name in args.variants}, "tuned": read_overrides(TUNED),
-                "cells": args.cells, "seed": args.seed, "remove": args.remove}
-    write_results(args.out, settings, rows)
+            # after each variant, so a long run that is stopped keeps what it measured
+            write_results(args.out, settings, rows)
 
 
 if __name__ == "__main__":
