@@ -13,6 +13,7 @@ from lstm_vs_gru.errors import UserError
 from tests.dvc_project import ROOT
 
 TUNED = ROOT / "configs" / "tuned.yaml"
+CLEANED = ROOT / "configs" / "cleaned.yaml"
 
 
 def test_tuned_values_are_valid_params(capsys):
@@ -48,12 +49,34 @@ def test_a_value_the_shell_would_split_is_refused():
         set_params.dvc_options({"data.source": "my corpus"})
 
 
-def test_the_committed_tuned_folder_is_what_set_params_writes_now():
-    """tuned/ follows params.yaml, dvc.yaml and configs/tuned.yaml: a change to them regenerates it."""
-    written = set_params.pipeline_folder(TUNED, ROOT / "tuned", ROOT)
+@pytest.mark.parametrize("sets, folder", [([TUNED], "tuned"), ([TUNED, CLEANED], "tuned_cleaned")])
+def test_the_committed_folders_are_what_set_params_writes_now(sets, folder):
+    """tuned/ and tuned_cleaned/ follow params.yaml, dvc.yaml and their sets: a change to those regenerates them."""
+    written = set_params.pipeline_folder(sets, ROOT / folder, ROOT)
+    command = " ".join(["python -m lstm_vs_gru.cli.set_params", *(str(s.relative_to(ROOT)) for s in sets),
+                        "--folder", folder])
     for path, text in written.items():
-        assert path.read_text(encoding="utf-8") == text, (
-            f"{path.relative_to(ROOT)} is stale: python -m lstm_vs_gru.cli.set_params configs/tuned.yaml --folder tuned")
+        assert path.read_text(encoding="utf-8") == text, f"{path.relative_to(ROOT)} is stale: {command}"
+
+
+def test_sets_apply_in_order_and_a_later_one_wins(tmp_path, capsys):
+    later = tmp_path / "later.yaml"
+    later.write_text("train: {seeds: [4]}\ndata: {remove: [quotes]}\n")
+    merged = set_params.read_sets([TUNED, CLEANED, later])
+    assert merged["train.seeds"] == [4] and merged["data.remove"] == ["quotes"] and merged["pad.maxlen"] == 400
+    assert set_params.params_with([TUNED, CLEANED], ROOT / "params.yaml").data.remove == (
+        "headers", "footers", "quotes")
+    set_params.main([str(TUNED), str(later), "--params", str(ROOT / "params.yaml")])
+    assert "-S train.seeds=[4] " in capsys.readouterr().out
+
+
+def test_a_bad_value_in_a_layered_set_names_the_sets(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {remove: [signatures]}\n")
+    with pytest.raises(SystemExit):
+        set_params.main([str(TUNED), str(bad), "--params", str(ROOT / "params.yaml")])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {TUNED} + {bad}") and "signatures" in err and err.count("\n") == 1
 
 
 def test_the_folder_holds_the_tuned_values_and_reads_the_corpus_and_code_from_the_root():
@@ -61,6 +84,8 @@ def test_the_folder_holds_the_tuned_values_and_reads_the_corpus_and_code_from_th
     assert tuned["data"]["source"] == "../data/20news-bydate.tar.gz"
     assert (tuned["pad"]["maxlen"], tuned["model"]["pooling"], tuned["train"]["seeds"]) == (400, "max_mean", [0, 1, 2])
     assert params.parse(tuned, ROOT / "tuned" / "params.yaml").train.early_stopping == 3
+    cleaned = yaml.safe_load((ROOT / "tuned_cleaned" / "params.yaml").read_text())
+    assert cleaned == {**tuned, "data": {**tuned["data"], "remove": ["headers", "footers", "quotes"]}}
     lab, folder = (yaml.safe_load((root / "dvc.yaml").read_text()) for root in (ROOT, ROOT / "tuned"))
     assert list(folder["stages"]) == list(lab["stages"]) and folder["plots"] == lab["plots"]
     for name, stage in lab["stages"].items():

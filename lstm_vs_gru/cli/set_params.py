@@ -6,7 +6,8 @@ The file mirrors params.yaml's sections, holding only the keys it changes. Use:
 
     dvc exp run -n tuned $(python -m lstm_vs_gru.cli.set_params configs/tuned.yaml)
 
-DVC then records the experiment's params, metrics and outputs as for any `-S` run.
+DVC then records the experiment's params, metrics and outputs as for any `-S` run. Several files apply in
+order, a later one winning: `configs/tuned.yaml configs/cleaned.yaml` is the tuned model on cleaned posts.
 
 With `--folder tuned` it writes a pipeline of its own instead: tuned/params.yaml (params.yaml with the file's
 values) and tuned/dvc.yaml (dvc.yaml's stages, reading the project's code from the root and writing their
@@ -89,9 +90,24 @@ def dvc_options(overrides: dict[str, Any]) -> list[str]:
     return options
 
 
-def params_with(file: Path, params_path: Path = params.PARAMS) -> params.Params:
-    """params.yaml with a parameter-set file applied, validated; errors name the set file."""
-    return params.parse(apply(params.read_yaml(params_path), read_overrides(file), file), file)
+def as_list(files: Path | Sequence[Path]) -> list[Path]:
+    return [files] if isinstance(files, Path) else list(files)
+
+
+def read_sets(files: Path | Sequence[Path]) -> dict[str, Any]:
+    """The dotted keys and values that parameter-set files set, applied in order: a later file wins."""
+    merged: dict[str, Any] = {}
+    for file in as_list(files):
+        merged.update(read_overrides(file))
+    return merged
+
+
+def params_with(files: Path | Sequence[Path], params_path: Path = params.PARAMS) -> params.Params:
+    """params.yaml with parameter-set files applied in order, validated; errors name the set files."""
+    merged = params.read_yaml(params_path)
+    for file in as_list(files):
+        merged = apply(merged, read_overrides(file), file)
+    return params.parse(merged, Path(" + ".join(str(file) for file in as_list(files))))
 
 
 def round_trip_yaml() -> YAML:
@@ -164,19 +180,25 @@ def folder_pipeline(pipeline_text: str, folder: PurePosixPath, header: str) -> s
     return header + dump(yaml, tree)
 
 
-def pipeline_folder(file: Path, folder: Path, root: Path = Path(".")) -> dict[Path, str]:
-    """The files of a pipeline of its own in `folder` (relative to the project root `root`): its params.yaml and
-    dvc.yaml, by path, as text."""
-    relative = PurePosixPath(os.path.relpath(folder.resolve(), root.resolve()))
+def in_project(path: Path, root: Path) -> PurePosixPath:
+    """`path` relative to the project root `root` (starting with .. when outside it)."""
+    return PurePosixPath(os.path.relpath(path.resolve(), root.resolve()))
+
+
+def pipeline_folder(files: Path | Sequence[Path], folder: Path, root: Path = Path(".")) -> dict[Path, str]:
+    """The files of a pipeline of its own in `folder` (relative to the project root `root`) with the parameter
+    sets `files` applied in order: its params.yaml and dvc.yaml, by path, as text."""
+    relative = in_project(folder, root)
     if relative == PurePosixPath(".") or relative.parts[0] == "..":
         raise UserError(f"--folder {folder}: must be a folder inside the project, not its root")
-    params_with(file, root / params.PARAMS)
-    shown = PurePosixPath(os.path.relpath(file.resolve(), root.resolve()))
+    params_with(files, root / params.PARAMS)
+    shown = " ".join(str(in_project(file, root)) for file in as_list(files))
     command = f"python -m lstm_vs_gru.cli.set_params {shown} --folder {relative}"
-    written = f"# Written by `{command}`:\n# {{}}.\n# Edit the project's files, not this one, then run the command again.\n"
+    written = (f"# Written by `{command}`:\n# {{}}.\n"
+               "# Edit the project's files, not this one, then run the command again.\n")
     return {
         folder / params.PARAMS: folder_params(
-            (root / params.PARAMS).read_text(encoding="utf-8"), read_overrides(file), relative,
+            (root / params.PARAMS).read_text(encoding="utf-8"), read_sets(files), relative,
             written.format(f"the project's {params.PARAMS} with {shown} applied")),
         folder / PIPELINE: folder_pipeline(
             (root / PIPELINE).read_text(encoding="utf-8"), relative,
@@ -187,17 +209,18 @@ def pipeline_folder(file: Path, folder: Path, root: Path = Path(".")) -> dict[Pa
 @exits_cleanly
 def main(argv: Sequence[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m lstm_vs_gru.cli.set_params", description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path, help="a parameter-set file, e.g. configs/tuned.yaml")
+    parser.add_argument("files", nargs="+", type=Path, metavar="file",
+                        help="parameter-set files, e.g. configs/tuned.yaml, applied in order (a later file wins)")
     parser.add_argument("--params", type=Path, default=params.PARAMS,
                         help="the params.yaml to check against (beside it: the dvc.yaml that --folder derives from)")
     parser.add_argument("--folder", type=Path,
                         help="write FOLDER/params.yaml and FOLDER/dvc.yaml, a pipeline of its own, instead")
     args = parser.parse_args(argv)
-    params_with(args.file, args.params)  # ParamError: the key, its value and what is allowed
+    params_with(args.files, args.params)  # ParamError: the key, its value and what is allowed
     if args.folder is None:
-        print(" ".join(dvc_options(read_overrides(args.file))))
+        print(" ".join(dvc_options(read_sets(args.files))))
         return
-    for path, text in pipeline_folder(args.file, args.folder, root=args.params.parent).items():
+    for path, text in pipeline_folder(args.files, args.folder, root=args.params.parent).items():
         write_text(path, text)
     print(f"wrote {args.folder / params.PARAMS} and {args.folder / PIPELINE}; run: dvc repro {args.folder / PIPELINE}")
 
