@@ -55,14 +55,19 @@ def apply(base: dict[str, Any], overrides: dict[str, Any], source: Path) -> dict
     """base with the overrides applied; every overridden key must already be a value in base."""
     merged = copy.deepcopy(base)
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = merged
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
-            raise UserError(f"{source}: {dotted}: not a parameter of params.yaml")
-        node[leaf] = value
+        set_value(merged, dotted, value, source)
     return merged
+
+
+def set_value(tree: dict[str, Any], dotted: str, value: Any, source: Path) -> None:
+    """tree's value at the dotted key replaced in place; the key must already hold a value."""
+    *parents, leaf = dotted.split(".")
+    node: Any = tree
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
+        raise UserError(f"{source}: {dotted}: not a parameter of params.yaml")
+    node[leaf] = value
 
 
 UNSAFE_IN_SHELL = "'\"*?$`;&|<>()"
@@ -147,11 +152,7 @@ def folder_params(params_text: str, overrides: dict[str, Any], folder: PurePosix
     yaml = round_trip_yaml()
     tree = yaml.load(params_text)
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node[key]
-        node[leaf] = flow(value)
+        set_value(tree, dotted, flow(value), params.PARAMS)
     tree["data"]["source"] = from_folder(tree["data"]["source"], folder)
     return header + dump(yaml, tree)
 
