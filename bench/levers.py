@@ -5,11 +5,11 @@ take one lever away or add one, each run through the pipeline's own stages on th
                            [--out bench/results/levers.json]
 
 Each variant is params.yaml with configs/tuned.yaml applied, then the variant's own values. For each one the
-script runs `python -m stages.fetch`, `tokenize`, `pad` and `train CELL --seed N` in a scratch folder with
-that params.yaml (fetch and tokenize once per distinct corpus and vocabulary), so what it measures is what
-`dvc exp run` would produce. `--remove` measures on the posts without headers, footers and quotes.
-The table shows test accuracy, macro-F1, epochs run and kept, seconds per epoch and the trainer's path;
-the JSON keeps every run's metrics.
+script runs `python -m stages.fetch`, `tokenize`, `pad`, `embed` and `train CELL --seed N` in a scratch folder
+with that params.yaml (the data stages once per distinct corpus, vocabulary, padding and embedding size), so
+what it measures is what `dvc exp run` would produce. `--remove` measures on the posts without headers,
+footers and quotes. The table shows test accuracy, macro-F1, epochs run and kept, seconds per epoch and the
+trainer's path; the JSON keeps every run's metrics.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "units_128": {"model.units": 128, "model.dense_units": 128},
     "num_words_50k": {"tokenize.num_words": 50000},
     "batch_64": {"train.batch_size": 64},
+    "embedding_lsa": {"model.embedding_init": "lsa"},
+    "embedding_lsa_50k": {"model.embedding_init": "lsa", "tokenize.num_words": 50000},
 }
 
 
@@ -74,18 +76,19 @@ def run_stage(folder: Path, *module: str) -> float:
 
 def measure(name: str, cells: Sequence[str], seed: int, remove: bool, scratch: Path,
             prepared: dict[str, Path]) -> list[dict[str, Any]]:
-    """Train each cell for one variant; the corpus, tokens and padded arrays are made once per distinct
-    data/tokenize/pad parameters and copied in."""
+    """Train each cell for one variant; the corpus, tokens, padded arrays and word vectors are made once per
+    distinct data/tokenize/pad parameters and embedding size, and copied in."""
     params = variant_params(name, seed, remove)
     folder = scratch / name
     folder.mkdir()
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    key = yaml.safe_dump({section: params[section] for section in ("data", "tokenize", "pad")})
+    key = yaml.safe_dump({**{section: params[section] for section in ("data", "tokenize", "pad")},
+                          "embedding_dim": params["model"]["embedding_dim"]})
     data_seconds = {}
     if key in prepared:
         shutil.copytree(prepared[key] / "data", folder / "data")
     else:
-        for stage in ("fetch", "tokenize", "pad"):
+        for stage in ("fetch", "tokenize", "pad", "embed"):
             data_seconds[stage] = run_stage(folder, f"stages.{stage}")
         prepared[key] = folder
     rows = []

@@ -23,6 +23,8 @@ CORPUS_DIR = Path("data/corpus")
 TOKENS_DIR = Path("data/tokens")
 VOCAB = TOKENS_DIR / "vocab.json"
 PADDED_DIR = Path("data/padded")
+# the embed stage's word vectors (lstm_vs_gru.embedding), read by training under model.embedding_init: lsa
+VECTORS = Path("data/vectors.npz")
 METRICS_DIR = Path("metrics")
 MODELS_DIR = Path("models")
 PLOTS_DIR = Path("plots")

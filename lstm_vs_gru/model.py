@@ -79,10 +79,11 @@ def is_lab_architecture(model_params: ModelParams) -> bool:
 def describe(model_params: ModelParams | None, n_classes: int) -> str:
     """The classifier's chain of layers in words; None or the defaults give the lab's: "Embedding → LSTM/GRU →
     global max pooling → dropout → dense → dropout → 20-way softmax"."""
-    bidirectional, layers, pooling, embedding_dropout, spatial_dropout = (levers(model_params)[key]
-                                                                          for key in MODEL_LEVERS)
+    bidirectional, layers, pooling, embedding_dropout, spatial_dropout, embedding_init = (
+        levers(model_params)[key] for key in MODEL_LEVERS)
     recurrent = ("bidirectional " if bidirectional else "") + "LSTM/GRU"
-    chain = ["Embedding", *(["dropout"] if embedding_dropout else []), *(["spatial dropout"] if spatial_dropout else []),
+    embedding = "Embedding (from the corpus's LSA vectors)" if embedding_init == "lsa" else "Embedding"
+    chain = [embedding, *(["dropout"] if embedding_dropout else []), *(["spatial dropout"] if spatial_dropout else []),
              f"{layers} × {recurrent}" if layers > 1 else recurrent,
              POOLING_NAMES[pooling], "dropout", "dense", "dropout", f"{n_classes}-way softmax"]
     return " → ".join(chain)

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import yaml
 
 from lstm_vs_gru.artifacts import (CORPUS_DIR, DVCLIVE_DIR, METRICS_DIR, MODELS_DIR, PADDED_DIR, PARAMS, PLOTS_DIR,
-                                   REPORT_DIR, TOKENS_DIR)
+                                   REPORT_DIR, TOKENS_DIR, VECTORS)
 from lstm_vs_gru.errors import UserError
 
 REMOVE_CHOICES = ("headers", "footers", "quotes")
@@ -21,6 +21,8 @@ CELL_CHOICES = ("lstm", "gru")
 TRAINABLE_CELLS = ("simple_rnn", *CELL_CHOICES)
 GRADIENT_CELL_CHOICES = ("simple_rnn", "lstm", "gru")
 POOLING_CHOICES = ("max", "mean", "max_mean", "attention")  # lstm_vs_gru.model.pooling_layer
+# uniform: Keras's random start; lsa: the embed stage's corpus vectors (lstm_vs_gru.training.initial_embedding)
+EMBEDDING_INIT_CHOICES = ("uniform", "lsa")
 LR_SCHEDULE_CHOICES = ("constant", "cosine")  # lstm_vs_gru.training.learning_rate
 TRAINER_CHOICES = ("fused", "keras")  # lstm_vs_gru.fused.trainer.fast_fit, or Keras's own model.fit
 BASELINE_MODEL_CHOICES = ("linear_svc", "logistic_regression", "complement_nb")  # lstm_vs_gru.baseline.CLASSIFIERS
@@ -36,7 +38,8 @@ class ParamError(UserError):
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
 # A source inside (or holding) a stage's output would make DVC refuse the pipeline as overlapping.
-OUTPUT_FOLDERS = (CORPUS_DIR, TOKENS_DIR, PADDED_DIR, MODELS_DIR, METRICS_DIR, PLOTS_DIR, REPORT_DIR, DVCLIVE_DIR)
+OUTPUT_FOLDERS = (CORPUS_DIR, TOKENS_DIR, PADDED_DIR, MODELS_DIR, METRICS_DIR, PLOTS_DIR, REPORT_DIR, DVCLIVE_DIR,
+                  VECTORS)
 
 
 def source_kind(source: str) -> str:
@@ -79,7 +82,7 @@ class PadParams:
 
 
 # ModelParams' fields beyond the lab's layers; their defaults are the lab's model
-MODEL_LEVERS = ("bidirectional", "layers", "pooling", "embedding_dropout", "spatial_dropout")
+MODEL_LEVERS = ("bidirectional", "layers", "pooling", "embedding_dropout", "spatial_dropout", "embedding_init")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class ModelParams:
     pooling: str = "max"
     embedding_dropout: float = 0.0
     spatial_dropout: float = 0.0
+    embedding_init: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Callable[[Any], Any]]]] = {
         "dropout": _float(0.0, 1.0, high_open=True), "gru_reset_after": _bool,
         "bidirectional": _bool, "layers": _int(1), "pooling": _choice(POOLING_CHOICES),
         "embedding_dropout": _float(0.0, 1.0, high_open=True), "spatial_dropout": _float(0.0, 1.0, high_open=True),
+        "embedding_init": _choice(EMBEDDING_INIT_CHOICES),
     }),
     "train": (TrainParams, {
         "epochs": _int(1), "batch_size": _int(1),
@@ -356,7 +361,8 @@ def _check_data(path: Path, data: DataParams) -> None:
     source = PurePosixPath(Path(data.source).as_posix())
     for folder in (PurePosixPath(folder.as_posix()) for folder in OUTPUT_FOLDERS):
         if source == folder or folder in source.parents or source in folder.parents:
-            raise _fail(path, "data.source", data.source, f"a path apart from the pipeline's output {folder}/")
+            shown = f"{folder}{'' if folder.suffix else '/'}"  # a folder, or a file such as data/vectors.npz
+            raise _fail(path, "data.source", data.source, f"a path apart from the pipeline's output {shown}")
 
 
 def read_yaml(path: Path, missing: str = "not found") -> Any:

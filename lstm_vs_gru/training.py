@@ -86,6 +86,24 @@ def load_inputs(params: Params) -> tuple[Split, Split]:
     return train, test
 
 
+def initial_embedding(params: Params, train: Split) -> np.ndarray | None:
+    """The embed stage's word vectors where model.embedding_init is lsa (None: Keras's random start), checked
+    against the embedding about to be built and the vocabulary of the padded arrays."""
+    if params.model.embedding_init != "lsa":
+        return None
+    path = artifacts.VECTORS
+    arrays = artifacts.read_stage_npz(path, ("vectors", "vocabulary_sha256"), "embed")
+    vectors = arrays["vectors"]
+    expected = (params.tokenize.num_words, params.model.embedding_dim)
+    if vectors.shape != expected or vectors.dtype != np.float32:
+        raise UserError(f"{path}: vectors have shape {vectors.shape} and dtype {vectors.dtype}, expected float32 "
+                        f"{expected} from tokenize.num_words and model.embedding_dim (rerun `dvc repro embed`)")
+    if str(arrays["vocabulary_sha256"]) != train.vocabulary_sha256:
+        raise UserError(f"{path}: made from another vocabulary than {artifacts.padded_path('train')} "
+                        "(rerun `dvc repro embed`)")
+    return vectors
+
+
 def check_validation_split(n_train: int, validation_split: float) -> None:
     """Fail early where Keras would fail after building the model: an empty train or val part."""
     if validation_split == 0:
@@ -324,13 +342,17 @@ def summarize(cell: str, seed: int, param_count: int, history: list[dict[str, An
     }
 
 
-def train_and_evaluate(cell: str, params: Params, train: Split, test: Split) -> TrainingResult:
-    """Seed (with params.train.seed), build, fit (compiling first for the keras trainer) and evaluate one
-    classifier; writes only dvclive/{cell}/seed{seed}/."""
+def train_and_evaluate(cell: str, params: Params, train: Split, test: Split,
+                       embedding: np.ndarray | None = None) -> TrainingResult:
+    """Seed (with params.train.seed), build (the embedding starting from `embedding` where given:
+    initial_embedding), fit (compiling first for the keras trainer) and evaluate one classifier; writes only
+    dvclive/{cell}/seed{seed}/."""
     from lstm_vs_gru.model import build_model, seed_everything
 
     seed_everything(params.train.seed)
     model = build_model(cell, params.tokenize.num_words, train.x.shape[1], len(train.groups), params.model)
+    if embedding is not None:
+        model.get_layer("embedding").set_weights([embedding])
     train_params = replace(params.train, trainer=trainer_for_device(params, gpu_count(), cell))
     if train_params.trainer == "keras":  # the fused trainer has its own Adam: a compiled, unused one would be saved
         compile_model(model, train_params, steps_per_epoch(len(train.x), train_params))

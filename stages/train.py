@@ -44,9 +44,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if training.fused is not None:
         training.fused.check_environment()  # a bad $LSTM_VS_GRU_NATIVE fails here, before any work
     train, test = training.load_inputs(params)
+    embedding = training.initial_embedding(params, train)
     if training.fused is not None:
         training.fused.enable_compile_cache()  # before TensorFlow compiles anything
-    result = training.train_and_evaluate(args.cell, params, train, test)
+    result = training.train_and_evaluate(args.cell, params, train, test, embedding)
     training.write_outputs(args.cell, params.train.seed, result)
     m = result.metrics
     print(f"{args.cell} seed {params.train.seed}: {m['params']:,} params, {m['seconds_per_epoch']} s/epoch, "

@@ -333,7 +333,8 @@ def test_stage_metrics_summarise_the_curves_and_count_parameters(stage_run):
         p = load()
     assert metrics["sizes"] == {"num_words": NUM_WORDS, "embedding_dim": 4, "units": 3, "dense_units": 5,
                                 "n_classes": 3, "gru_reset_after": True, "bidirectional": False, "layers": 1,
-                                "pooling": "max", "embedding_dropout": 0.0, "spatial_dropout": 0.0}
+                                "pooling": "max", "embedding_dropout": 0.0, "spatial_dropout": 0.0,
+                                "embedding_init": "uniform"}
     for cell in ("simple_rnn", "lstm", "gru"):
         assert metrics["params"][cell] == {
             "model": expected_param_count(cell, NUM_WORDS, p.model, 3),

@@ -70,6 +70,8 @@ def _with(raw: dict, dotted: str, value) -> dict:
         ("model.pooling", "sum", "one of max, mean, max_mean, attention"),
         ("model.spatial_dropout", 1.0, "a number in [0.0, 1.0)"),
         ("model.embedding_dropout", -0.1, "a number in [0.0, 1.0)"),
+        ("model.embedding_init", "glove", "one of uniform, lsa"),
+        ("data.source", "data/vectors.npz", "a path apart from the pipeline's output data/vectors.npz"),
         ("train.lr_schedule", "step", "one of constant, cosine"),
         ("train.early_stopping", 0, "null or an integer >= 1"),
         ("tokenize.num_words", 1, "an integer >= 2"),

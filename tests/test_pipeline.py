@@ -135,6 +135,19 @@ def test_more_epochs_rerun_training_and_report_but_not_data(clean):
     assert clean.json("metrics/lstm/seed1.json")["epochs"] == 2
 
 
+def test_the_lsa_start_retrains_from_the_cached_vectors(clean):
+    """model.embedding_init: lsa re-runs training (and what reads the models), not the data stages or `embed`,
+    whose vectors every run already made; the report names the embedding's start."""
+    before = clean.json("metrics/gru/seed0.json")
+    ran = stages_run(clean.dvc("exp", "run", "-S", "model.embedding_init=lsa").stdout)
+    seeds = SMALL_PARAMS["train.seeds"]
+    assert ran == {f"train_{cell}@{seed}" for cell in ("lstm", "gru") for seed in seeds} | {"gradients", "report"}
+    after = clean.json("metrics/gru/seed0.json")
+    assert after["test_loss"] != before["test_loss"] and after["params"] == before["params"]
+    title = (clean.path / "reports/report.md").read_text(encoding="utf-8").split("\n\n")[1]
+    assert title.startswith("Embedding (from the corpus's LSA vectors) → LSTM/GRU"), title
+
+
 def test_same_params_give_the_same_metrics(clean):
     files = [f"metrics/{cell}/seed{seed}.json" for cell in ("lstm", "gru") for seed in SMALL_PARAMS["train.seeds"]]
     before = {file: clean.json(file) for file in files}
