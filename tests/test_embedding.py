@@ -15,7 +15,7 @@ from lstm_vs_gru.params import load
 from lstm_vs_gru.tokenizer import offsets_from_lengths
 from stages import embed as embed_stage
 from stages import train as train_stage
-from tests.test_train import MAXLEN, NUM_WORDS, write_padded, write_params
+from tests.test_train import NUM_WORDS, write_padded, write_params
 
 # Two topics over word ids 1-20: space (1-10) and hockey (11-20); id 21 appears in every post.
 SPACE, HOCKEY, EVERYWHERE = range(1, 11), range(11, 21), 21
@@ -40,7 +40,7 @@ def test_words_of_one_topic_get_close_vectors_and_the_two_topics_apart() -> None
     centre = {topic: vectors[list(topic)].mean(axis=0) for topic in (SPACE, HOCKEY)}
     for own, other in ((SPACE, HOCKEY), (HOCKEY, SPACE)):
         for word in own:
-            assert cosine(vectors[word], centre[own]) > 0.5 > 0.0 > cosine(vectors[word], centre[other]), word
+            assert cosine(vectors[word], centre[own]) > 0.5 and cosine(vectors[word], centre[other]) < 0.0, word
     assert vectors.std() == pytest.approx(INIT_STD, rel=0.01)
     assert 0.0 < explained <= 1.0
 
