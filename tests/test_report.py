@@ -651,6 +651,13 @@ def test_gradients_section_says_when_the_clipping_runs_overflowed():
     section = report.gradients_section(gradients, fake_runs())
     assert "its global gradient norm was not finite (beyond float32) in at least half of the steps" in section
     assert "a norm that is not finite cannot be clipped" in section and "steps were clipped" not in section
+    assert "The loss went from 4.290 to 3.136 without clipping and to 3.100 with it" in " ".join(section.split())
+
+    for run in ("unclipped", "clipnorm_run"):  # the loss itself overflowed before the last tenth of the steps
+        gradients["clipping"][run]["last_loss"] = None
+    section = " ".join(report.gradients_section(gradients, fake_runs()).split())
+    assert ("The loss went from 4.290 to not finite (beyond float32) without clipping and to not finite "
+            "(beyond float32) with it") in section
 
     gradients["clipping"]["unclipped"]["median_grad_norm"] = 8.1e30  # finite median, an overflowed largest
     section = report.gradients_section(gradients, fake_runs())
