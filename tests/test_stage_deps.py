@@ -12,8 +12,8 @@ import yaml
 
 from tests.dvc_project import ROOT
 
-# Modules that read and check params.yaml, name and write artifacts, and raise one-line errors: a change to them
-# is covered by params.yaml's own keys (declared under `params`) and by the outputs' hashes, so no stage lists them.
+# Modules that read and check params.yaml, name and write artifacts, and raise one-line errors: they do not shape
+# what a stage computes, so no stage lists them (a change that did would need `dvc repro --force`).
 PLUMBING = {
     "lstm_vs_gru/__init__.py", "stages/__init__.py",
     "lstm_vs_gru/params.py", "lstm_vs_gru/artifacts.py", "lstm_vs_gru/errors.py",
